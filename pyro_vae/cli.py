@@ -1,0 +1,82 @@
+"""The ``pyro-vae`` command: ``train``, ``evaluate`` and ``list``.
+
+Bad input (unknown names, invalid values, missing files) prints one paragraph on
+stderr and exits with status 2; nothing is half-written.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from .errors import PyroVAEError
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders in Pyro.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a VAE (the embedded digits default with no config)")
+    train.add_argument("--config", help="YAML config file; omitted keys take the defaults")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config value, e.g. --set model.latent_dim=16 (repeatable)")
+    train.add_argument("--out", help="run directory (default: runs/<date-time>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("evaluate", help="estimate log p(x) on the test split -> eval.json")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--num-samples", type=int, help="importance samples K per data point")
+    evaluate.add_argument("--batch-size", type=int, help="data points per batch")
+    evaluate.add_argument("--no-progress", action="store_true")
+
+    commands.add_parser("list", help="list the registered datasets, priors, likelihoods, ...")
+    return parser
+
+
+def _train(args):
+    from .config import load_yaml
+    from .train import train
+
+    user = load_yaml(args.config) if args.config else {}
+    if args.resume and not args.out:
+        raise PyroVAEError("--resume needs --out RUN_DIR (the run to continue).")
+    out = args.out or time.strftime("runs/%Y%m%d-%H%M%S")
+    run = train(user, out, overrides=args.overrides, resume=args.resume, progress=not args.no_progress)
+    print(f"Run directory: {out} (trained {run.config['train']['epochs']} epochs)")
+
+
+def _evaluate(args):
+    from .evaluate import evaluate
+
+    summary = evaluate(args.run_dir, args.num_samples, args.batch_size, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+
+
+def _list(_args):
+    from .data import DATASETS
+    from .likelihoods import LIKELIHOODS
+    from .networks import NETWORKS
+    from .objectives import BETA_SCHEDULES, OBJECTIVES
+    from .priors import PRIORS
+
+    for registry in (DATASETS, PRIORS, LIKELIHOODS, NETWORKS, OBJECTIVES, BETA_SCHEDULES):
+        print(f"{registry.kind}s: {', '.join(registry.names())}")
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        {"train": _train, "evaluate": _evaluate, "list": _list}[args.command](args)
+    except PyroVAEError as error:
+        print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted; the last completed epoch is checkpointed (continue with --resume).",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Declarative run configuration: defaults, YAML files, ``key=value`` overrides, validation.
+
+A config is a nested mapping. Sections with fixed keys (the top level, ``model``,
+``optim``, ``train``, ``eval``) reject unknown keys with a suggestion; the values that
+name a part (``data``, ``objective``, ``beta_schedule`` and the model's ``prior``,
+``likelihood``, ``encoder``, ``decoder``) are specs, a name or
+``{"name": ..., **options}``, checked against their registries when the run is built.
+"""
+
+import copy
+
+import yaml
+
+from .errors import ConfigError
+from .registry import suggest
+
+DEFAULTS = {
+    "seed": 0,
+    "device": "auto",
+    "data": {"name": "digits", "binarize": "dynamic"},
+    "model": {
+        "latent_dim": 8,
+        "prior": "standard-normal",
+        "likelihood": "bernoulli",
+        "encoder": {"name": "mlp", "hidden": [128], "activation": "relu"},
+        "decoder": {"name": "mlp", "hidden": [128], "activation": "relu"},
+    },
+    "objective": {"name": "elbo", "num_particles": 1},
+    "beta_schedule": {"name": "constant", "beta": 1.0},
+    "optim": {"lr": 3e-3, "lr_decay": 1.0, "clip_norm": None},
+    "train": {"epochs": 40, "batch_size": 64, "validate_every": 1},
+    "eval": {"num_samples": 1000, "batch_size": 100},
+}
+
+SPEC_KEYS = {"data", "objective", "beta_schedule", "prior", "likelihood", "encoder", "decoder"}
+
+
+def merge(base, overrides, path=""):
+    """``base`` updated with ``overrides``; unknown keys of fixed sections are rejected."""
+    merged = copy.deepcopy(base)
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"Config section '{path or '<top>'}' must be a mapping, got {overrides!r}.")
+    for key, value in overrides.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in merged:
+            raise ConfigError(
+                f"Unknown config key '{where}'.{suggest(key, merged)} "
+                f"Valid keys{' of ' + path if path else ''}: {', '.join(sorted(merged))}."
+            )
+        if key in SPEC_KEYS:
+            merged[key] = _merge_spec(merged[key], value)
+        elif isinstance(merged[key], dict):
+            merged[key] = merge(merged[key], value, where)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _merge_spec(default, value):
+    """A spec override: same name keeps the default options, a new name starts afresh."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"A part must be a name or a mapping with a 'name' key, got {value!r}.")
+    default = {"name": default} if isinstance(default, str) else default
+    if value.get("name", default["name"]) != default["name"]:
+        return dict(value)
+    return {**default, **value}
+
+
+def load_yaml(path):
+    """Read a YAML config file with the safe loader; errors name the file."""
+    try:
+        with open(path) as handle:
+            content = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file '{path}' does not exist.") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {error}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping, got {type(content).__name__}.")
+    return content
+
+
+def parse_override(text):
+    """``"model.latent_dim=16"`` -> ``{"model": {"latent_dim": 16}}`` (value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"An override must look like key=value (e.g. train.epochs=5), got {text!r}.")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"The value in override {text!r} is not valid YAML.") from None
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def resolve(user_config=None, overrides=(), base=DEFAULTS):
+    """The full config: ``base`` (the defaults), then ``user_config``, then ``key=value`` overrides."""
+    config = merge(base, user_config or {})
+    for text in overrides:
+        config = merge(config, parse_override(text))
+    return config
+
+
+def _require(condition, message):
+    if not condition:
+        raise ConfigError(message)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check(config):
+    """Validate the plain values of a resolved config (parts are checked by their registries)."""
+    _require(_is_int(config["seed"]), f"seed must be an integer, got {config['seed']!r}.")
+    _require(isinstance(config["device"], str), f"device must be a string, got {config['device']!r}.")
+    optim, train, evaluation = config["optim"], config["train"], config["eval"]
+    _require(_is_number(optim["lr"]) and optim["lr"] > 0, f"optim.lr must be > 0, got {optim['lr']!r}.")
+    _require(
+        _is_number(optim["lr_decay"]) and 0 < optim["lr_decay"] <= 1,
+        f"optim.lr_decay (per-epoch factor) must be in (0, 1], got {optim['lr_decay']!r}.",
+    )
+    _require(
+        optim["clip_norm"] is None or (_is_number(optim["clip_norm"]) and optim["clip_norm"] > 0),
+        f"optim.clip_norm must be null or > 0, got {optim['clip_norm']!r}.",
+    )
+    for section, key in [
+        ("train", "epochs"),
+        ("train", "batch_size"),
+        ("train", "validate_every"),
+        ("eval", "num_samples"),
+        ("eval", "batch_size"),
+    ]:
+        value = {"train": train, "eval": evaluation}[section][key]
+        _require(_is_int(value) and value >= 1, f"{section}.{key} must be an integer >= 1, got {value!r}.")
+    return config

@@ -1,0 +1,723 @@
+r"""Importance-sampled marginal likelihood :math:`\log p(x)` for any Pyro model/guide pair.
+
+For a data point :math:`x` and a proposal :math:`q(z \mid x)` (the guide),
+
+.. math::
+
+    \log \hat p(x) = \operatorname{logsumexp}_{k=1}^{K} w_k - \log K, \qquad
+    w_k = \log p(x, z_k) - \log q(z_k \mid x), \quad z_k \sim q(z \mid x),
+
+the importance-weighted bound of Burda et al. (2016), a consistent estimator of
+:math:`\log p(x)` that is a lower bound in expectation for every :math:`K`.
+
+Conventions (the estimator is generic over models written as ``model(x)`` / ``guide(x)``):
+
+* The batch dimension is the ``pyro.plate("data", ...)``; each data point gets its own
+  estimate. For every sample site the log-density is summed over all batch dims except the
+  particle dim and the ``"data"`` plate's dim (and over the event dims).
+* Densities are **unscaled and unmasked**: ``site["fn"].log_prob(site["value"])``, so
+  ``poutine.scale`` (e.g. a KL weight :math:`\beta`) and ``poutine.mask`` (e.g.
+  :math:`\beta = 0`) do not change the estimate. Masks written into the distribution
+  itself (``fn.mask(...)``) are part of the density and are respected.
+* A latent site enters the weight only if it is sampled in the guide *and* the model.
+  Model-only latents are drawn from their prior, so their :math:`p/q` ratio is 1;
+  guide-only (auxiliary) latents are treated as part of an extended target whose
+  conditional equals the proposal, which keeps the estimator unbiased for :math:`p(x)`.
+  Observed sites (``obs=...``, ``pyro.factor``) of the model make up :math:`\log p(x \mid z)`.
+* Latents outside the ``"data"`` plate (global latents) are treated as part of every
+  point's proposal: their :math:`\log p - \log q` is added to every point's weight. Each
+  point's estimate is then a valid estimate of that point's own marginal
+  :math:`p(x_n) = \int p(x_n \mid z_g, z_n)\, p(z_g) p(z_n) \,dz`, but the per-point values
+  do not add up to :math:`\log p(x_{1:N})` (which couples the points through :math:`z_g`).
+
+Memory does not grow with :math:`K`: samples are drawn in chunks under an outer particle
+plate (the idea of Pyro's ``vectorize_particles``) and reduced by a streaming logsumexp in
+float64; only the :math:`M + 1 = \lceil\min(K/5, 3\sqrt K)\rceil + 1` largest log weights per
+point are kept for the Pareto :math:`\hat k` diagnostic (PSIS, Vehtari et al. 2024).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_subsample
+
+from pyro_vae.errors import DataError, PyroVAEError
+
+__all__ = [
+    "ImportanceSamplingWarning",
+    "MarginalLikelihood",
+    "log_likelihood",
+    "naive_log_likelihood",
+    "psis_khat",
+    "khat_threshold",
+]
+
+DATA_PLATE = "data"
+_PARTICLE_PLATE = "_pyro_vae_marginal_particles"
+# Per model call, at most this many float elements of data x particles (about 16 MB of
+# float32 for a tensor the size of the data); the (particle, point) pairs are clamped below.
+_ELEMENT_BUDGET = 2**22
+_MIN_PAIRS, _MAX_PAIRS = 256, 2**16
+_MIN_TAIL = 5  # the GPD fit needs at least five tail draws (as in ArviZ)
+_GPD_ROW_BLOCK = 128  # rows per vectorised GPD fit (bounds the (rows, grid, tail) array)
+
+
+class ImportanceSamplingWarning(UserWarning):
+    """Pareto :math:`\\hat k` says the importance-sampling estimate is unreliable."""
+
+
+# --------------------------------------------------------------------------------------
+# Result object
+# --------------------------------------------------------------------------------------
+
+
+def khat_threshold(num_samples: int) -> float:
+    r"""Sample-size dependent :math:`\hat k` threshold :math:`\min(1 - 1/\log_{10} K, 0.7)`.
+
+    Below it the PSIS estimate is reliable (Vehtari et al. 2024, sec. 3.2.3). Returns
+    ``-inf`` for :math:`K = 1`, where no threshold can be met.
+    """
+    if num_samples <= 1:
+        return -math.inf
+    return min(1.0 - 1.0 / math.log10(num_samples), 0.7)
+
+
+@dataclass
+class MarginalLikelihood:
+    r"""Per-point importance-sampling estimate of :math:`\log p(x)` and its diagnostics.
+
+    All tensors have shape ``(N,)``, dtype float64, on the CPU.
+
+    Attributes:
+        log_px: :math:`\log \hat p(x) = \log \frac1K \sum_k e^{w_k}`.
+        stderr: delta-method standard error of ``log_px``,
+            :math:`\sqrt{\widehat{\mathrm{Var}}(e^{w})/K} / \overline{e^{w}}
+            = \sqrt{(K/\mathrm{ESS} - 1)/(K - 1)}` (unbiased variance; NaN for ``K = 1``).
+            It is only trustworthy where ``khat`` is below ``khat_threshold``.
+        ess: effective sample size of the normalised weights,
+            :math:`(\sum_k e^{w_k})^2 / \sum_k e^{2 w_k} \in [1, K]`.
+        khat: Pareto :math:`\hat k` of the weights (PSIS). ``inf`` when ``K`` is too small
+            for a tail fit (``K <= 20``); ``-inf`` when the largest weights tie (weights that
+            are numerically constant at the top, e.g. an exact proposal); NaN when every
+            weight is zero.
+        elbo: :math:`\frac1K \sum_k w_k`, a Monte Carlo estimate of the ELBO
+            (for :func:`naive_log_likelihood`, :math:`\mathbb E_{p(z)} \log p(x \mid z)`).
+        num_samples: :math:`K`.
+        khat_threshold: :math:`\min(1 - 1/\log_{10} K, 0.7)`.
+    """
+
+    log_px: torch.Tensor
+    stderr: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor
+    elbo: torch.Tensor
+    num_samples: int
+    khat_threshold: float
+
+    @property
+    def num_points(self) -> int:
+        return int(self.log_px.shape[0])
+
+    @property
+    def inference_gap(self) -> torch.Tensor:
+        r"""``log_px - elbo``: an estimate of :math:`\mathrm{KL}(q(z \mid x) \,\|\, p(z \mid x))`.
+
+        Up to Monte Carlo error; biased low for small ``K`` since ``log_px`` is.
+        """
+        return self.log_px - self.elbo
+
+    @property
+    def bad_khat(self) -> torch.Tensor:
+        """Boolean mask of the points whose ``khat`` exceeds ``khat_threshold``."""
+        return self.khat > self.khat_threshold
+
+    @property
+    def khat_frac_bad(self) -> float:
+        return float(self.bad_khat.double().mean()) if self.num_points else 0.0
+
+    def mean(self) -> tuple[float, float]:
+        r"""Data-set mean of ``log_px`` and its standard error.
+
+        .. math::
+
+            \bar\ell = \frac1N \sum_n \log\hat p(x_n), \qquad
+            \mathrm{se}(\bar\ell) = \sqrt{\frac{s^2}{N} + \frac{1}{N}\cdot\frac1N\sum_n
+            \mathrm{se}_n^2},
+
+        with :math:`s^2` the sample variance (ddof 1) of ``log_px`` over the points (the
+        spread of the data, taken as 0 for ``N = 1``) and :math:`\mathrm{se}_n` the per-point
+        Monte Carlo standard errors. The first term is the sampling error of the data set,
+        the second the Monte Carlo error of the estimates; since :math:`s^2` already contains
+        the Monte Carlo variance, the sum is conservative. For large ``K`` the second term
+        is negligible.
+        """
+        n = self.num_points
+        if n == 0:
+            return math.nan, math.nan
+        lp = self.log_px.double()
+        data_var = float(lp.var(unbiased=True)) if n > 1 else 0.0
+        mc_var = float((self.stderr.double() ** 2).mean())
+        return float(lp.mean()), math.sqrt(data_var / n + mc_var / n)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable summary (plain Python ``float``/``int`` values).
+
+        ``khat_mean`` is over the finite ``khat`` values (NaN if none is finite),
+        ``khat_median`` over the non-NaN ones; ``khat_frac_bad`` is the fraction of points
+        with ``khat > khat_threshold``.
+        """
+        mean, se = self.mean()
+        k = self.khat.double()
+        finite = k[torch.isfinite(k)]
+        not_nan = k[~torch.isnan(k)]
+        return {
+            "log_px_mean": mean,
+            "log_px_stderr": se,
+            "khat_mean": float(finite.mean()) if finite.numel() else math.nan,
+            "khat_median": float(not_nan.quantile(0.5)) if not_nan.numel() else math.nan,
+            "khat_frac_bad": self.khat_frac_bad,
+            "ess_mean": float(self.ess.double().mean()) if self.num_points else math.nan,
+            "num_samples": int(self.num_samples),
+            "num_points": self.num_points,
+        }
+
+
+# --------------------------------------------------------------------------------------
+# Pareto k-hat (PSIS tail fit)
+# --------------------------------------------------------------------------------------
+
+
+def _tail_length(num_samples: int) -> int:
+    r"""PSIS tail length :math:`M = \lceil \min(K/5,\ 3\sqrt{K}) \rceil` (ArviZ < 1, r_eff=1).
+
+    ArviZ 0.x ``psislw`` takes ``cutoff_ind = -ceil(min(S / 5, 3 * sqrt(S / reff))) - 1``;
+    the same float expression is used here so that the tails agree exactly.
+    """
+    return int(np.ceil(min(num_samples / 5.0, 3 * (num_samples / 1.0) ** 0.5)))
+
+
+def _kept_top(num_samples: int) -> int:
+    """How many of the largest log weights per point the streaming pass keeps: M + 1."""
+    return min(_tail_length(num_samples) + 1, num_samples)
+
+
+def _gpd_khat(y: np.ndarray) -> np.ndarray:
+    r"""Zhang & Stephens (2009) empirical-Bayes GPD shape, row-wise, with the PSIS prior.
+
+    ``y`` has shape ``(R, n)``: positive exceedances sorted ascending. On a grid of
+    :math:`m = 30 + \lfloor\sqrt n\rfloor` values
+    :math:`\theta_j = 1/y_{(n)} + (1 - \sqrt{m/(j - 1/2)}) / (3\, y_{(\lfloor n/4 + 1/2
+    \rfloor)})`, the profile log-likelihood is
+    :math:`\ell(\theta) = n(\log(-\theta/k(\theta)) - k(\theta) - 1)` with
+    :math:`k(\theta) = \frac1n\sum_i \log(1 - \theta y_i)`. The posterior mean
+    :math:`\hat\theta = \sum_j \theta_j\, \mathrm{softmax}(\ell)_j` (weights below
+    :math:`10\epsilon` dropped) gives :math:`\hat k = k(\hat\theta)`, shrunk towards 0.5 by the
+    weakly informative prior of PSIS: :math:`(n \hat k + 10 \cdot 0.5) / (n + 10)`.
+    Returns :math:`\hat k` in the usual sign convention (positive = heavy tail).
+    """
+    rows, n = y.shape
+    m = 30 + int(n**0.5)
+    grid = 1.0 - np.sqrt(m / (np.arange(1, m + 1, dtype=np.float64) - 0.5))
+    out = np.empty(rows, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for start in range(0, rows, _GPD_ROW_BLOCK):
+            yb = y[start : start + _GPD_ROW_BLOCK]
+            quartile = yb[:, int(n / 4 + 0.5) - 1]
+            theta = grid[None, :] / (3.0 * quartile[:, None]) + 1.0 / yb[:, -1:]
+            k = np.log1p(-theta[:, :, None] * yb[:, None, :]).mean(axis=-1)
+            loglik = n * (np.log(-theta / k) - k - 1.0)
+            loglik = np.where(np.isnan(loglik), -np.inf, loglik)
+            loglik -= loglik.max(axis=1, keepdims=True)
+            w = np.exp(loglik)
+            w /= w.sum(axis=1, keepdims=True)
+            w = np.where(w >= 10 * np.finfo(np.float64).eps, w, 0.0)
+            w /= w.sum(axis=1, keepdims=True)
+            theta_hat = (w * theta).sum(axis=1)
+            k_hat = np.log1p(-theta_hat[:, None] * yb).mean(axis=1)
+            out[start : start + _GPD_ROW_BLOCK] = (n * k_hat + 10 * 0.5) / (n + 10)
+    return out
+
+
+def _khat_from_top(top: np.ndarray, num_samples: int) -> np.ndarray:
+    r"""Pareto :math:`\hat k` per row from its largest log weights.
+
+    ``top`` has shape ``(R, L)``, each row sorted in decreasing order and holding (at least)
+    the :math:`M + 1` largest of :math:`K` = ``num_samples`` log weights. As in PSIS: with
+    :math:`\ell_{\max}` the largest and :math:`c = \max(\ell_{(M+1)} - \ell_{\max},
+    \log \mathrm{tiny})` the cutoff, the tail is the weights with
+    :math:`\ell - \ell_{\max} > c` (at most :math:`M`) and the GPD is fitted to
+    :math:`e^{\ell - \ell_{\max}} - e^{c}`. Fewer than five tail weights give ``inf``
+    (ArviZ's convention; always the case for ``K <= 20``), except when that is caused by
+    ties at the top (the cutoff was not clamped): the weights are then numerically bounded
+    and ``-inf`` is returned. Rows whose weights are all zero (``-inf``) give NaN.
+    """
+    top = np.asarray(top, dtype=np.float64)
+    rows = top.shape[0]
+    m_tail = _tail_length(num_samples)
+    khat = np.full(rows, np.inf)
+    if m_tail < _MIN_TAIL or top.shape[1] < m_tail + 1:
+        khat[~np.isfinite(top[:, 0])] = np.nan
+        return khat
+    top = top[:, : m_tail + 1]
+    top_max = top[:, :1]
+    dead = ~np.isfinite(top_max[:, 0])
+    with np.errstate(invalid="ignore"):
+        rel = top - np.where(dead[:, None], 0.0, top_max)
+    log_tiny = np.log(np.finfo(np.float64).tiny)
+    raw_cut = rel[:, m_tail]
+    clamped = ~(raw_cut >= log_tiny)  # also catches -inf
+    cut = np.maximum(raw_cut, log_tiny)
+    in_tail = rel[:, :m_tail] > cut[:, None]
+    tail_len = in_tail.sum(axis=1)
+    khat[(tail_len < _MIN_TAIL) & ~clamped] = -np.inf
+    khat[dead] = np.nan
+    fit = (tail_len >= _MIN_TAIL) & ~dead
+    for length in np.unique(tail_len[fit]):
+        idx = np.nonzero(fit & (tail_len == length))[0]
+        # the tail is the first `length` entries (rows are sorted decreasingly)
+        tail = rel[idx, :length][:, ::-1]
+        y = np.exp(tail) - np.exp(cut[idx])[:, None]
+        khat[idx] = _gpd_khat(y)
+    return khat
+
+
+def _psis_khat_own(log_weights: np.ndarray) -> np.ndarray:
+    """Own PSIS k-hat over the last axis (same rule as the streaming estimator)."""
+    lw = np.asarray(log_weights, dtype=np.float64)
+    shape = lw.shape[:-1]
+    flat = lw.reshape(-1, lw.shape[-1])
+    top = -np.sort(-flat, axis=1)[:, : _kept_top(flat.shape[1])]
+    return _khat_from_top(top, flat.shape[1]).reshape(shape)
+
+
+def _arviz_backend() -> tuple[str, Callable[[np.ndarray], np.ndarray]] | None:
+    """The installed ArviZ PSIS function as ``(name, f)`` with ``f(lw) -> khat``, or None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ArviZ 0.x warns about its refactor on import
+        try:
+            import arviz
+        except Exception:  # noqa: BLE001 - any import failure means "not available"
+            arviz = None
+        version = getattr(arviz, "__version__", "0")
+        try:
+            major = int(str(version).split(".")[0])
+        except ValueError:
+            major = 0
+        if arviz is not None and major < 1 and hasattr(arviz, "psislw"):
+            # ArviZ 0.x: psislw(log_weights, reff=1.0) -> (smoothed lw, khat), samples last.
+            def _az0(lw: np.ndarray) -> np.ndarray:
+                return np.asarray(arviz.psislw(lw, reff=1.0)[1], dtype=np.float64)
+
+            return "arviz.psislw", _az0
+        try:
+            from arviz_stats.base import array_stats
+        except Exception:  # noqa: BLE001
+            return None
+
+    # ArviZ >= 1.0 (arviz-stats): array_stats.psislw(ary, r_eff=1, axis=-1) takes the
+    # log-likelihood and negates it internally; check the orientation on the output.
+    def _az1(lw: np.ndarray) -> np.ndarray:
+        smoothed, khat = array_stats.psislw(-lw, r_eff=1.0, axis=-1)
+        if not np.all(np.argmax(smoothed, axis=-1) == np.argmax(lw, axis=-1)):
+            smoothed, khat = array_stats.psislw(lw, r_eff=1.0, axis=-1)
+        return np.asarray(khat, dtype=np.float64)
+
+    return "arviz_stats.base.array_stats.psislw", _az1
+
+
+def psis_khat(log_weights: Any, use_arviz: bool = True) -> np.ndarray:
+    r"""Pareto :math:`\hat k` of importance weights, over the last axis of ``log_weights``.
+
+    With ``use_arviz`` the installed ArviZ is used: ``arviz.psislw(lw, reff=1)`` on
+    ArviZ 0.x, ``arviz_stats.base.array_stats.psislw`` on ArviZ >= 1.0 (whose tail length is
+    :math:`\lfloor 3\sqrt K\rfloor` rather than :math:`\lceil\cdot\rceil`, so values differ
+    slightly). If ArviZ is missing or raises (e.g. arviz-stats rejects tied tails), the
+    own implementation is used: the same tail rule and GPD fit as ArviZ 0.x (see
+    :func:`_khat_from_top`), which is what :func:`log_likelihood` reports.
+    """
+    lw = np.asarray(
+        log_weights.detach().cpu().double() if torch.is_tensor(log_weights) else log_weights,
+        dtype=np.float64,
+    )
+    if lw.ndim == 0 or lw.shape[-1] == 0:
+        raise PyroVAEError("psis_khat needs at least one log weight along the last axis")
+    if use_arviz:
+        backend = _arviz_backend()
+        if backend is not None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return backend[1](lw.copy())
+            except Exception:  # noqa: BLE001 - fall back to the own implementation
+                pass
+    return _psis_khat_own(lw)
+
+
+# --------------------------------------------------------------------------------------
+# Streaming reduction over samples
+# --------------------------------------------------------------------------------------
+
+
+class _StreamingWeights:
+    r"""Running per-point statistics of log weights, fed in chunks of shape ``(B, S)``.
+
+    Keeps, per point, the running max :math:`m`, :math:`s_1 = \sum_k e^{w_k - m}`,
+    :math:`s_2 = \sum_k e^{2(w_k - m)}` (rescaled when :math:`m` grows), :math:`\sum_k w_k`
+    and the :math:`M+1` largest :math:`w_k` (a streaming top-k merge), all in float64, so
+    memory is :math:`O(B\sqrt K)` whatever the number of chunks.
+    """
+
+    def __init__(self, batch: int, num_samples: int, device: torch.device):
+        self.num_samples = num_samples
+        self.kept = _kept_top(num_samples)
+        kw = {"dtype": torch.float64, "device": device}
+        self.max = torch.full((batch,), -math.inf, **kw)
+        self.s1 = torch.zeros(batch, **kw)
+        self.s2 = torch.zeros(batch, **kw)
+        self.sum_w = torch.zeros(batch, **kw)
+        self.top = torch.empty((batch, 0), **kw)
+        self.count = 0
+
+    def update(self, lw: torch.Tensor) -> None:
+        lw = lw.to(dtype=torch.float64, device=self.max.device)
+        new_max = torch.maximum(self.max, lw.max(dim=1).values)
+        ref = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+        old = torch.exp(self.max - ref)  # 0 while nothing (finite) has been seen
+        shifted = lw - ref[:, None]
+        self.s1 = self.s1 * old + torch.exp(shifted).sum(dim=1)
+        self.s2 = self.s2 * old**2 + torch.exp(2.0 * shifted).sum(dim=1)
+        self.max = new_max
+        self.sum_w = self.sum_w + lw.sum(dim=1)
+        self.count += lw.shape[1]
+        merged = torch.cat([self.top, lw], dim=1)
+        self.top = merged.topk(min(self.kept, merged.shape[1]), dim=1, sorted=True).values
+
+    def finalize(self) -> dict[str, torch.Tensor]:
+        k = self.count
+        log_s1, log_s2 = torch.log(self.s1), torch.log(self.s2)
+        log_px = self.max + log_s1 - math.log(k)
+        ess = torch.exp(2.0 * log_s1 - log_s2)
+        if k > 1:
+            rel_var = (k * torch.exp(log_s2 - 2.0 * log_s1) - 1.0).clamp(min=0.0)
+            stderr = torch.sqrt(rel_var / (k - 1))
+        else:
+            stderr = torch.full_like(log_px, math.nan)
+        khat = _khat_from_top(self.top.cpu().numpy(), k)
+        return {
+            "log_px": log_px,
+            "stderr": stderr,
+            "ess": ess,
+            "khat": torch.as_tensor(khat, dtype=torch.float64),
+            "elbo": self.sum_w / k,
+        }
+
+
+# --------------------------------------------------------------------------------------
+# Traces -> per-point log weights
+# --------------------------------------------------------------------------------------
+
+
+def _data_frame(site: dict) -> Any:
+    for frame in site["cond_indep_stack"]:
+        if frame.name == DATA_PLATE:
+            return frame
+    return None
+
+
+def _sample_sites(trace: Any) -> dict[str, dict]:
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+    }
+
+
+def _run(model: Callable, guide: Callable | None, x: torch.Tensor) -> tuple[Any, Any]:
+    """Trace the guide, then the model replayed on it (or the model alone)."""
+    guide_trace = None
+    if guide is not None:
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    else:
+        model_trace = poutine.trace(model).get_trace(x)
+    return model_trace, guide_trace
+
+
+def _inspect(model: Callable, guide: Callable | None, x: torch.Tensor) -> int:
+    """Trace once without particles: return max_plate_nesting and check the plate layout."""
+    with poutine.block():
+        model_trace, guide_trace = _run(model, guide, x)
+    model_sites = _sample_sites(model_trace)
+    guide_sites = _sample_sites(guide_trace) if guide_trace is not None else {}
+    sites = list(model_sites.values()) + list(guide_sites.values())
+    dims = [f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
+    if not any(_data_frame(s) is not None for s in model_sites.values()):
+        raise PyroVAEError(
+            f"the model has no sample site inside a pyro.plate named {DATA_PLATE!r}; "
+            "log_likelihood needs the batch dimension of x declared as "
+            f"`with pyro.plate({DATA_PLATE!r}, x.shape[0]): ...`"
+        )
+    for name, gsite in guide_sites.items():
+        msite = model_sites.get(name)
+        if msite is None or msite["is_observed"] or gsite["is_observed"]:
+            continue
+        if (_data_frame(msite) is None) != (_data_frame(gsite) is None):
+            where = "model" if _data_frame(msite) is not None else "guide"
+            raise PyroVAEError(
+                f"latent site {name!r} is inside the {DATA_PLATE!r} plate only in the {where}; "
+                "declare it inside the plate in both model and guide so that its density "
+                "can be attributed to individual data points"
+            )
+    return -min(dims) if dims else 0
+
+
+def _per_point(lp: torch.Tensor, site: dict, nesting: int, batch: int, num: int) -> torch.Tensor:
+    """Reduce a site's log-density to shape (num, batch): keep particle and data dims."""
+    ndim = nesting + 1
+    if lp.dim() > ndim:
+        raise PyroVAEError(
+            f"site {site['name']!r} has log_prob shape {tuple(lp.shape)} with more batch "
+            f"dimensions than its plates account for (max_plate_nesting={nesting}); "
+            "declare the extra dimensions as event dimensions with .to_event(...)"
+        )
+    lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape)).double()
+    frame = _data_frame(site)
+    keep = [0] if frame is None else [0, ndim + frame.dim]
+    other = [d for d in range(ndim) if d not in keep]
+    if other:
+        lp = lp.sum(dim=other, keepdim=True)
+    lp = lp.reshape(lp.shape[0], -1)  # (S or 1, B or 1)
+    if lp.shape[1] not in (1, batch) or lp.shape[0] not in (1, num):
+        raise PyroVAEError(
+            f"site {site['name']!r}: per-point log-density has shape {tuple(lp.shape)}, "
+            f"expected ({num}, {batch}) for {num} samples of {batch} data points; the "
+            f"{DATA_PLATE!r} plate must have size x.shape[0] and no subsampling"
+        )
+    return lp.expand(num, batch)
+
+
+def _log_weights(
+    model: Callable, guide: Callable | None, x: torch.Tensor, num: int, nesting: int
+) -> torch.Tensor:
+    r"""Log weights :math:`w_{nk}` of shape ``(N_batch, num)`` for one chunk of ``num`` draws."""
+    batch = x.shape[0]
+    with poutine.block(), pyro.plate(_PARTICLE_PLATE, num, dim=-(nesting + 1)):
+        model_trace, guide_trace = _run(model, guide, x)
+    guide_sites = _sample_sites(guide_trace) if guide_trace is not None else {}
+    total = torch.zeros(num, batch, dtype=torch.float64, device=x.device)
+    terms: list[tuple[str, torch.Tensor]] = []
+    for name, site in _sample_sites(model_trace).items():
+        gsite = None
+        if not site["is_observed"]:
+            gsite = guide_sites.get(name)
+            if gsite is None or gsite["is_observed"]:
+                continue  # drawn from its prior: p/q = 1
+        term = _per_point(site["fn"].log_prob(site["value"]), site, nesting, batch, num)
+        if gsite is not None:
+            lq = gsite["fn"].log_prob(gsite["value"])
+            term = term - _per_point(lq, gsite, nesting, batch, num)
+        terms.append((name, term))
+        total = total + term
+    bad = torch.isnan(total) | (total == math.inf)
+    if bool(bad.any()):
+        culprits = [n for n, t in terms if bool((torch.isnan(t) | (t == math.inf)).any())]
+        raise PyroVAEError(
+            "importance weights are NaN or +inf (log p(x, z) - log q(z | x) from sites "
+            f"{culprits or [n for n, _ in terms]}); check the model and guide for NaN "
+            "parameters or zero scales"
+        )
+    return total.transpose(0, 1)
+
+
+# --------------------------------------------------------------------------------------
+# Public estimators
+# --------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: Any, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise PyroVAEError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_x(x: Any) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        raise DataError(
+            f"x must be a torch.Tensor with the data points along dim 0, got {type(x).__name__}"
+        )
+    if x.dim() == 0:
+        raise DataError("x must have a leading data dimension (got a 0-d tensor)")
+    if x.shape[0] == 0 or x.numel() == 0:
+        raise DataError(f"x is empty (shape {tuple(x.shape)}); need at least one data point")
+    if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1)
+        rows = torch.nonzero(bad).flatten()[:5].tolist()
+        raise DataError(
+            f"x contains NaN or infinite values in {int(bad.sum())} of {x.shape[0]} data "
+            f"points (first rows: {rows}); log p(x) is undefined for them"
+        )
+    return x
+
+
+def _sizes(
+    x: torch.Tensor, num_samples: int, chunk_size: int | None, batch_size: int | None
+) -> tuple[int, int]:
+    """Default (batch, chunk): at most ~_ELEMENT_BUDGET data elements x particles per call."""
+    n = x.shape[0]
+    per_point = max(1, x[0].numel())
+    pairs = min(max(_ELEMENT_BUDGET // per_point, _MIN_PAIRS), _MAX_PAIRS)
+    if batch_size is None:
+        if chunk_size is None:
+            batch_size = max(1, pairs // min(num_samples, 32))
+        else:
+            batch_size = max(1, pairs // chunk_size)
+    if chunk_size is None:
+        chunk_size = max(1, pairs // min(batch_size, n))
+    return min(batch_size, n), min(chunk_size, num_samples)
+
+
+def _estimate(
+    model: Callable,
+    guide: Callable | None,
+    x: Any,
+    num_samples: int,
+    chunk_size: int | None,
+    batch_size: int | None,
+    progress: bool,
+) -> MarginalLikelihood:
+    if not callable(model) or (guide is not None and not callable(guide)):
+        raise PyroVAEError("model and guide must be callables taking the data batch x")
+    num_samples = _check_int("num_samples", num_samples)
+    chunk_size = _check_int("chunk_size", chunk_size, allow_none=True)
+    batch_size = _check_int("batch_size", batch_size, allow_none=True)
+    x = _check_x(x)
+    batch_size, chunk_size = _sizes(x, num_samples, chunk_size, batch_size)
+    acc_device = x.device if x.device.type != "mps" else torch.device("cpu")
+    n = x.shape[0]
+    starts = list(range(0, n, batch_size))
+    chunks = [min(chunk_size, num_samples - s) for s in range(0, num_samples, chunk_size)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(starts) * len(chunks), desc="log p(x)", unit="chunk")
+    results: list[dict[str, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            nesting = _inspect(model, guide, x[:batch_size])
+            for start in starts:
+                xb = x[start : start + batch_size]
+                stats = _StreamingWeights(xb.shape[0], num_samples, acc_device)
+                for num in chunks:
+                    stats.update(_log_weights(model, guide, xb, num, nesting))
+                    if bar is not None:
+                        bar.update(1)
+                results.append({k: v.cpu() for k, v in stats.finalize().items()})
+    finally:
+        if bar is not None:
+            bar.close()
+    out = {k: torch.cat([r[k] for r in results]) for k in results[0]}
+    result = MarginalLikelihood(
+        num_samples=num_samples, khat_threshold=khat_threshold(num_samples), **out
+    )
+    _warn_khat(result)
+    return result
+
+
+def _warn_khat(result: MarginalLikelihood) -> None:
+    n_bad = int(result.bad_khat.sum())
+    if n_bad == 0:
+        return
+    k = result.num_samples
+    if _tail_length(k) < _MIN_TAIL:
+        msg = (
+            f"Pareto k-hat cannot be estimated from num_samples={k} (the PSIS tail fit needs "
+            f"num_samples >= 21), so the reliability of log p(x) is unknown for all "
+            f"{result.num_points} points."
+        )
+    else:
+        worst = float(result.khat[result.bad_khat].max())
+        msg = (
+            f"Pareto k-hat exceeds the threshold {result.khat_threshold:.2f} for {n_bad} of "
+            f"{result.num_points} data points (max {worst:.2f}): the importance weights are "
+            "heavy-tailed, so log p(x) for these points is unreliable (likely "
+            "underestimated, with a stderr that is too small). Use more samples or a better "
+            "guide (proposal)."
+        )
+    warnings.warn(msg, ImportanceSamplingWarning, stacklevel=3)
+
+
+def log_likelihood(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int = 5000,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> MarginalLikelihood:
+    r"""Importance-sampled :math:`\log p(x_n)` for every data point, using the guide as proposal.
+
+    .. math::
+
+        \log \hat p(x_n) = \log \frac1K \sum_{k=1}^K
+        \exp\big(\log p(x_n, z_{nk}) - \log q(z_{nk} \mid x_n)\big),
+        \quad z_{nk} \sim q(z \mid x_n).
+
+    Args:
+        model: ``model(x)`` with a ``pyro.plate("data", x.shape[0])`` over the data points,
+            any number of latent sites (hierarchies included) and observed sites.
+        guide: ``guide(x)`` sampling the latents (same site names, same ``"data"`` plate).
+        x: tensor of data points along dim 0 (the estimate is computed on its device).
+        num_samples: :math:`K`, importance samples per data point.
+        chunk_size: samples per model call (default: bounded so that chunk x batch x the size
+            of one data point stays around 4M elements).
+        batch_size: data points per model call (default: see ``chunk_size``).
+        progress: show a tqdm progress bar over chunks.
+
+    Returns:
+        :class:`MarginalLikelihood`. Densities ignore ``poutine.scale`` and ``poutine.mask``
+        (the estimate is of the unannealed model); latents outside the ``"data"`` plate are
+        treated as part of each point's proposal (see the module docstring). Warns with
+        :class:`ImportanceSamplingWarning` when some :math:`\hat k` exceeds
+        :math:`\min(1 - 1/\log_{10} K, 0.7)`.
+
+    Raises:
+        PyroVAEError: ``num_samples``/``chunk_size``/``batch_size`` not positive integers, a
+            model without a ``"data"`` plate, or NaN weights. :class:`DataError` (a subclass)
+            when ``x`` is not a tensor, is empty or holds NaN/inf.
+    """
+    if guide is None:
+        raise PyroVAEError("log_likelihood needs a guide; use naive_log_likelihood for the prior")
+    return _estimate(model, guide, x, num_samples, chunk_size, batch_size, progress)
+
+
+def naive_log_likelihood(
+    model: Callable,
+    x: torch.Tensor,
+    num_samples: int = 5000,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> MarginalLikelihood:
+    r"""Prior-sampling estimate :math:`\log \frac1K \sum_k p(x_n \mid z_k)`, :math:`z_k \sim p(z)`.
+
+    The model runs under the particle plate with every latent drawn from its prior; the
+    weights are the observed sites' :math:`\log p(x_n \mid z_k)` and ``elbo`` is
+    :math:`\frac1K\sum_k \log p(x_n \mid z_k)`. Unbiased for :math:`p(x)` but with a variance
+    that grows exponentially with the dimension of the data, so it is a baseline only.
+    Same arguments, chunking and result type as :func:`log_likelihood`.
+    """
+    return _estimate(model, None, x, num_samples, chunk_size, batch_size, progress)

@@ -1,0 +1,94 @@
+"""Name -> constructor registries, so that configs can name parts and users can add their own.
+
+A *spec* is either a name (``"bernoulli"``) or a mapping with a ``name`` key and the
+constructor's keyword options (``{"name": "mlp", "hidden": [400]}``).
+"""
+
+import difflib
+import inspect
+
+from .errors import ConfigError
+
+
+def suggest(word, choices):
+    """Return ``" Did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+class Registry:
+    """A named collection of constructors (classes or functions) of one kind of part.
+
+    >>> PRIORS = Registry("prior")
+    >>> @PRIORS.register("standard-normal")
+    ... class StandardNormal: ...
+    """
+
+    def __init__(self, kind):
+        self.kind = kind
+        self._entries = {}
+
+    def register(self, name, constructor=None):
+        """Register ``constructor`` under ``name``; usable as a decorator."""
+        if constructor is None:
+            return lambda c: self.register(name, c)
+        self._entries[name] = constructor
+        return constructor
+
+    def names(self):
+        return sorted(self._entries)
+
+    def __contains__(self, name):
+        return name in self._entries
+
+    def get(self, name):
+        """The constructor registered as ``name``; unknown names list the valid ones."""
+        if name not in self._entries:
+            raise ConfigError(
+                f"Unknown {self.kind} '{name}'.{suggest(name, self._entries)} "
+                f"Valid {self.kind}s: {', '.join(self.names())}."
+            )
+        return self._entries[name]
+
+    def build(self, spec, **context):
+        """Build from a spec (name or ``{"name": ..., **options}``).
+
+        ``context`` holds arguments the library supplies (such as ``latent_dim``);
+        the spec's options must be keyword arguments the constructor accepts.
+        """
+        name, options = split_spec(spec, self.kind)
+        constructor = self.get(name)
+        check_options(constructor, options, f"{self.kind} '{name}'", reserved=context)
+        return constructor(**context, **options)
+
+
+def split_spec(spec, kind):
+    """``"name"`` or ``{"name": ..., **options}`` -> ``(name, options)``."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, dict):
+        if "name" not in spec:
+            raise ConfigError(f"A {kind} given as a mapping needs a 'name' key, got {spec!r}.")
+        options = {k: v for k, v in spec.items() if k != "name"}
+        return spec["name"], options
+    raise ConfigError(f"A {kind} must be a name or a mapping with a 'name' key, got {spec!r}.")
+
+
+def check_options(constructor, options, what, reserved=()):
+    """Reject options that ``constructor`` does not accept, listing the ones it does."""
+    params = inspect.signature(constructor).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [
+        n
+        for n, p in params.items()
+        if n not in reserved and n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL
+    ]
+    for key in options:
+        if key in reserved:
+            raise ConfigError(f"Option '{key}' of {what} is set by the library; remove it.")
+        if key not in valid:
+            listed = ", ".join(valid) if valid else "none"
+            raise ConfigError(
+                f"Unknown option '{key}' for {what}.{suggest(key, valid)} Valid options: {listed}."
+            )

@@ -1,0 +1,262 @@
+"""The training loop: Pyro ELBO gradients, a PyTorch optimiser, device-resident batches.
+
+Each step is what ``SVI.step`` does: ``elbo.loss_and_grads(vae.model, vae.guide, x)``
+back-propagates the surrogate ELBO into the VAE's parameters, then one ``torch.optim``
+step (Adam over ``vae.parameters()``, with optional per-epoch learning-rate decay and
+gradient-norm clipping). Using one PyTorch optimiser rather than ``pyro.optim`` keeps the
+optimiser and scheduler state in ordinary ``state_dict``s that checkpoint safely.
+
+The data set lives on the device as one tensor and is batched by index with a
+permutation drawn from a generator seeded by (seed, epoch); with dynamic binarisation
+each batch gets a fresh Bernoulli draw on the device. A run directory holds
+``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` and ``figures/``.
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from . import config as configuration
+from .checkpoints import CheckpointDir
+from .data import batches, binarize_batch, binarize_fixed, load_dataset
+from .errors import ConfigError, PyroVAEError
+from .model import VAE
+from .objectives import BETA_SCHEDULES, OBJECTIVES
+from .plots import plot_reconstructions_and_samples, save_figure
+
+EVAL_BINARIZATION_SEED = 12345
+
+
+class TrainingDiverged(PyroVAEError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(name):
+    """``"auto"`` -> CUDA when available, else CPU; explicit names are checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"Device '{name}' was requested but CUDA is not available here.")
+    return device
+
+
+@dataclass
+class Run:
+    """What a run is built from: its config, data (on the device) and VAE."""
+
+    config: dict
+    device: torch.device
+    splits: object
+    vae: VAE
+    val: torch.Tensor
+    test: torch.Tensor
+
+    @classmethod
+    def build(cls, config):
+        """Data, VAE and fixed evaluation views from a resolved config."""
+        configuration.check(config)
+        device = resolve_device(config["device"])
+        pyro.set_rng_seed(config["seed"])
+        splits = load_dataset(config["data"]).to(device)
+        vae = VAE(data_shape=splits.data_shape, **config["model"]).to(device)
+        val, test = splits.val, splits.test
+        if splits.dynamic_binarization:
+            val = binarize_fixed(val, EVAL_BINARIZATION_SEED)
+            test = binarize_fixed(test, EVAL_BINARIZATION_SEED + 1)
+            vae.likelihood.validate(binarize_fixed(splits.train, EVAL_BINARIZATION_SEED))
+        else:
+            vae.likelihood.validate(splits.train)
+        for part in (val, test):
+            vae.likelihood.validate(part)
+        return cls(config, device, splits, vae, val, test)
+
+    def train_batch(self, index):
+        x = self.splits.train[index]
+        return binarize_batch(x) if self.splits.dynamic_binarization else x
+
+
+def load_run(run_dir, map_location=None):
+    """Rebuild a finished or interrupted run from its directory (newest good checkpoint)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        what = "does not exist" if not run_dir.exists() else "is not a pyro-vae run (no config.yaml)"
+        raise PyroVAEError(f"Run directory '{run_dir}' {what}.")
+    config = configuration.load_yaml(config_path)
+    config.pop("data_info", None)
+    run = Run.build(configuration.resolve(config))
+    state = CheckpointDir(run_dir / "checkpoints").load_latest(map_location or run.device)
+    if state is None:
+        raise PyroVAEError(f"Run directory '{run_dir}' has no loadable checkpoint.")
+    run.vae.load_state_dict(state["model"])
+    return run, state
+
+
+@torch.no_grad()
+def mean_elbo(vae, x, batch_size):
+    """Per-data-point ELBO (β = 1, one sample of z per point) averaged over ``x``."""
+    beta, vae.beta = vae.beta, 1.0
+    elbo = OBJECTIVES.build("elbo")
+    try:
+        total = sum(-elbo.loss(vae.model, vae.guide, xb) for xb in x.split(batch_size))
+    finally:
+        vae.beta = beta
+    return total / len(x)
+
+
+def train(config=None, out_dir="runs/default", overrides=(), resume=False, progress=True):
+    """Train the VAE described by ``config`` (a mapping merged over the defaults, then the
+    ``"key=value"`` strings in ``overrides``).
+
+    With ``resume=True`` the run in ``out_dir`` continues from its newest good
+    checkpoint (the config saved there is used, updated by ``config`` and ``overrides``)
+    and ends with the same parameters as an uninterrupted run. Returns the :class:`Run`.
+    """
+    out_dir = Path(out_dir)
+    saved = out_dir / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise PyroVAEError(f"Cannot resume: '{out_dir}' holds no run (no config.yaml).")
+        base = configuration.load_yaml(saved)
+        base.pop("data_info", None)
+        base = configuration.resolve(base)
+    else:
+        if saved.exists():
+            raise PyroVAEError(
+                f"'{out_dir}' already holds a run; pass --resume to continue it or choose another --out."
+            )
+        base = configuration.DEFAULTS
+    config = configuration.resolve(config, overrides, base=base)
+    return Trainer(Run.build(config), out_dir, progress).fit(resume)
+
+
+class Trainer:
+    """Runs the epochs of one :class:`Run`, writing metrics, checkpoints and figures."""
+
+    def __init__(self, run, out_dir, progress=True):
+        self.run = run
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        config = run.config
+        self.objective = OBJECTIVES.build(config["objective"])
+        self.schedule = BETA_SCHEDULES.build(config["beta_schedule"])
+        self.optimizer = torch.optim.Adam(run.vae.parameters(), lr=config["optim"]["lr"])
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config["optim"]["lr_decay"])
+        self.checkpoints = CheckpointDir(self.out_dir / "checkpoints")
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.epoch = 0
+
+    def state(self):
+        return {
+            "epoch": self.epoch,
+            "model": self.run.vae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def restore(self, state):
+        self.epoch = state["epoch"]
+        self.run.vae.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def _start(self, resume):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            state = self.checkpoints.load_latest()
+            if state is not None:
+                self.restore(state)
+            self._truncate_metrics()
+            return
+        resolved = dict(self.run.config, data_info=self.run.splits.info)
+        with open(self.out_dir / "config.yaml", "w") as handle:
+            yaml.safe_dump(resolved, handle, sort_keys=False)
+        self.metrics_path.write_text("")
+
+    def _truncate_metrics(self):
+        """Drop metric lines of epochs after the checkpoint we resume from."""
+        if not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= self.epoch]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def fit(self, resume=False):
+        self._start(resume)
+        config = self.run.config
+        epochs, batch_size = config["train"]["epochs"], config["train"]["batch_size"]
+        num_train = len(self.run.splits.train)
+        num_batches = math.ceil(num_train / batch_size)
+        bar = tqdm(
+            total=(epochs - self.epoch) * num_batches, disable=not self.progress, unit="batch",
+            desc="train", dynamic_ncols=True,
+        )
+        with bar, pyro.validation_enabled(False):
+            while self.epoch < epochs:
+                self._epoch(num_batches, batch_size, bar)
+        self._figures()
+        return self.run
+
+    def _epoch(self, num_batches, batch_size, bar):
+        run, vae, config = self.run, self.run.vae, self.run.config
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + self.epoch)
+        clip = config["optim"]["clip_norm"]
+        total = 0.0
+        for step, index in enumerate(batches(len(run.splits.train), batch_size, generator, run.device)):
+            vae.beta = self.schedule(self.epoch + step / num_batches)
+            x = run.train_batch(index)
+            loss = self.objective.loss_and_grads(vae.model, vae.guide, x)
+            if not math.isfinite(loss):
+                self._diverged(step)
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(vae.parameters(), clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            total += loss
+            bar.update()
+            bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss / len(x):.2f}", refresh=False)
+        self.scheduler.step()
+        self.epoch += 1
+        record = {
+            "epoch": self.epoch,
+            "train_loss": total / len(run.splits.train),
+            "beta": vae.beta,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - start,
+        }
+        if self.epoch % config["train"]["validate_every"] == 0 or self.epoch == config["train"]["epochs"]:
+            record["val_elbo"] = mean_elbo(vae, run.val, config["eval"]["batch_size"])
+            bar.set_postfix(epoch=self.epoch, val_elbo=f"{record['val_elbo']:.2f}")
+        self.checkpoints.save(self.state(), self.epoch)
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _diverged(self, step):
+        kept = self.checkpoints.paths()
+        raise TrainingDiverged(
+            f"The loss became NaN or infinite at epoch {self.epoch + 1}, step {step + 1}. "
+            + (f"The last good checkpoint '{kept[0]}' is kept. " if kept else "")
+            + "Try a lower optim.lr, set optim.clip_norm (e.g. 10), or check the data's scale "
+            "against the likelihood."
+        )
+
+    def _figures(self):
+        figure = plot_reconstructions_and_samples(self.run.vae, self.run.test[:8])
+        save_figure(figure, self.out_dir / "figures" / "reconstructions.png")
