@@ -14,8 +14,9 @@ from .likelihoods import LIKELIHOODS
 from .marginal import MarginalLikelihood, log_likelihood, naive_log_likelihood
 from .model import VAE
 from .networks import NETWORKS
-from .objectives import BETA_SCHEDULES, OBJECTIVES
+from .objectives import OBJECTIVES
 from .priors import PRIORS
+from .schedules import BETA_SCHEDULES
 from .train import load_run, train
 
 __version__ = "0.1.0"

@@ -57,8 +57,9 @@ def _list(_args):
     from .data import DATASETS
     from .likelihoods import LIKELIHOODS
     from .networks import NETWORKS
-    from .objectives import BETA_SCHEDULES, OBJECTIVES
+    from .objectives import OBJECTIVES
     from .priors import PRIORS
+    from .schedules import BETA_SCHEDULES
 
     for registry in (DATASETS, PRIORS, LIKELIHOODS, NETWORKS, OBJECTIVES, BETA_SCHEDULES):
         print(f"{registry.kind}s: {', '.join(registry.names())}")

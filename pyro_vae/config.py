@@ -3,7 +3,7 @@
 A config is a nested mapping. Sections with fixed keys (the top level, ``model``,
 ``optim``, ``train``, ``eval``) reject unknown keys with a suggestion; the values that
 name a part (``data``, ``objective``, ``beta_schedule`` and the model's ``prior``,
-``likelihood``, ``encoder``, ``decoder``) are specs, a name or
+``likelihood``, ``encoder``, ``decoder``, ``latent_network``) are specs, a name or
 ``{"name": ..., **options}``, checked against their registries when the run is built.
 """
 
@@ -24,6 +24,8 @@ DEFAULTS = {
         "likelihood": "bernoulli",
         "encoder": {"name": "mlp", "hidden": [128], "activation": "relu"},
         "decoder": {"name": "mlp", "hidden": [128], "activation": "relu"},
+        "latent_network": {"name": "mlp", "hidden": [100, 100], "activation": "tanh"},
+        "inference": "bottom-up",
     },
     "objective": {"name": "elbo", "num_particles": 1},
     "beta_schedule": {"name": "constant", "beta": 1.0},
@@ -32,7 +34,9 @@ DEFAULTS = {
     "eval": {"num_samples": 1000, "batch_size": 100},
 }
 
-SPEC_KEYS = {"data", "objective", "beta_schedule", "prior", "likelihood", "encoder", "decoder"}
+SPEC_KEYS = {
+    "data", "objective", "beta_schedule", "prior", "likelihood", "encoder", "decoder", "latent_network",
+}
 
 
 def merge(base, overrides, path=""):

@@ -30,12 +30,12 @@ def evaluate(run_dir, num_samples=None, batch_size=None, progress=True):
     """
     run, state = load_run(run_dir)
     eval_config = run.config["eval"]
-    num_samples = num_samples or eval_config["num_samples"]
+    num_samples = eval_config["num_samples"] if num_samples is None else num_samples
     vae = run.vae
     vae.eval()
     result = log_likelihood(
         vae.model, vae.guide, run.test, num_samples=num_samples,
-        batch_size=batch_size or eval_config["batch_size"], progress=progress,
+        batch_size=eval_config["batch_size"] if batch_size is None else batch_size, progress=progress,
     )
     summary = result.summary()
     summary.update(

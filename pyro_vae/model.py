@@ -1,14 +1,27 @@
 """The VAE as a pair of Pyro programs: ``model`` p(z) p(x|z) and ``guide`` q(z|x).
 
-β-VAE: the latent sample statements are wrapped in ``poutine.scale(scale=β)`` in the
-model **and** the guide, so the ELBO's latent terms E_q[log p(z) − log q(z|x)] = −KL are
-multiplied by β while E_q[log p(x|z)] is not:
+One latent layer (``latent_dim=20``) has the site ``"z"``. A hierarchy
+(``latent_dim=[d_1, ..., d_L]``, top layer last) has sites ``"z1"`` … ``"zL"``:
+
+    model:  z_L ~ p(z_L),  z_l ~ N(μ_l(z_{l+1}), σ_l²(z_{l+1})) for l = L−1 … 1,  x ~ p(x | z_1)
+
+and a guide chosen by ``inference``:
+
+* ``"bottom-up"`` (Burda et al. 2015): q(z_1|x) q(z_2|z_1) … q(z_L|z_{L−1});
+* ``"top-down"`` (ladder, Sønderby et al. 2016): a deterministic bottom-up pass gives
+  (μ̂_l, σ̂_l²) per layer from the same networks fed with means; then from the top,
+  q(z_L|x) = N(μ̂_L, σ̂_L²) and q(z_l | z_{l+1}, x) is the precision-weighted product of
+  N(μ̂_l, σ̂_l²) and the generative p(z_l | z_{l+1}):
+  σ_q⁻² = σ̂_l⁻² + σ_l⁻²,  μ_q = σ_q² (μ̂_l σ̂_l⁻² + μ_l σ_l⁻²).
+
+β-VAE: each layer's sample statements are wrapped in ``poutine.scale(scale=β_l)`` in the
+model **and** the guide, so the ELBO's latent terms E_q[log p(z_l|·) − log q(z_l|·)]
+are multiplied by β_l while E_q[log p(x|z_1)] is not; for one layer,
 
     loss(β) = −E_q[log p(x|z)] + β · KL(q(z|x) ‖ p(z)).
 
 ``poutine.scale`` rejects 0, so β = 0 uses ``poutine.mask(mask=False)``, which drops the
-latent terms but still draws z with the reparameterisation (the reconstruction term
-keeps its gradient).
+latent terms but still draws z with the reparameterisation.
 """
 
 import contextlib
@@ -26,7 +39,9 @@ from .networks import build_network
 from .priors import build_prior
 
 LOGVAR_BOUND = 30.0
-"""|log σ²| of the guide is kept below this bound (via tanh), so exp() cannot overflow."""
+"""|log σ²| of Gaussian latents is clamped to this bound, so exp() cannot overflow."""
+
+INFERENCE = ("bottom-up", "top-down")
 
 
 def latent_scale(beta):
@@ -47,10 +62,21 @@ def check_beta(beta):
     return float(beta)
 
 
-def _data_shape(data_shape):
-    shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
-    if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
-        raise ConfigError(f"data_shape must be a positive int or tuple of them, got {data_shape!r}.")
+def gaussian_params(output):
+    """Split a network output ``(*batch, 2, d)`` into mean and bounded log-variance."""
+    loc, logvar = output.unbind(-2)
+    return loc, logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
+
+
+def diagonal_normal(loc, logvar):
+    """N(loc, diag exp(logvar)) over the last dimension."""
+    return dist.Normal(loc, torch.exp(0.5 * logvar)).to_event(1)
+
+
+def _shape(value, what):
+    shape = (value,) if isinstance(value, int) else tuple(value)
+    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise ConfigError(f"{what} must be a positive int or a sequence of them, got {value!r}.")
     return shape
 
 
@@ -59,11 +85,15 @@ class VAE(nn.Module):
 
     Args:
         data_shape: shape of one data point (int or tuple), e.g. ``784`` or ``(1, 28, 28)``.
-        latent_dim: size of the latent code z.
-        prior: p(z); a name from :data:`pyro_vae.priors.PRIORS`, a spec mapping, or a module.
-        likelihood: p(x|z); a name from :data:`pyro_vae.likelihoods.LIKELIHOODS`, etc.
-        encoder, decoder: networks (see :mod:`pyro_vae.networks` for the convention).
-        beta: weight β ≥ 0 of the KL term; settable between steps (``vae.beta = 4``).
+        latent_dim: size of z, or a sequence ``[d_1, ..., d_L]`` for a hierarchy (top last).
+        prior: p(z) (of the top layer); a name from :data:`pyro_vae.priors.PRIORS`, a spec
+            mapping, or a module.
+        likelihood: p(x|z_1); a name from :data:`pyro_vae.likelihoods.LIKELIHOODS`, etc.
+        encoder, decoder: networks for q(z_1|x) and p(x|z_1) (see :mod:`pyro_vae.networks`).
+        latent_network: network spec of the conditional Gaussians between latent layers,
+            p(z_l|z_{l+1}) and q(z_{l+1}|z_l) (hierarchies only).
+        inference: ``"bottom-up"`` or ``"top-down"`` (ladder) guide for hierarchies.
+        beta: β ≥ 0, or one per layer; settable between steps (``vae.beta = 4``).
         name: prefix of the parameters in Pyro's param store (``pyro.module``).
 
     ``SVI(vae.model, vae.guide, optim, Trace_ELBO())`` trains it. As with every
@@ -79,58 +109,116 @@ class VAE(nn.Module):
         likelihood="bernoulli",
         encoder="mlp",
         decoder="mlp",
+        latent_network=None,
+        inference="bottom-up",
         beta=1.0,
         name="vae",
     ):
         super().__init__()
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ConfigError(f"latent_dim must be a positive integer, got {latent_dim!r}.")
-        self.data_shape = _data_shape(data_shape)
-        self.latent_dim = latent_dim
+        self.data_shape = _shape(data_shape, "data_shape")
+        self.latent_dims = _shape(latent_dim, "latent_dim")
+        if inference not in INFERENCE:
+            raise ConfigError(f"Unknown inference '{inference}'; choose one of {', '.join(INFERENCE)}.")
+        self.inference = inference
         self.name = name
+        depth = len(self.latent_dims)
+        self.sites = ("z",) if depth == 1 else tuple(f"z{layer}" for layer in range(1, depth + 1))
         self.beta = beta
-        self.prior = build_prior(prior, latent_dim)
+        latent_network = latent_network or {"name": "mlp", "hidden": [100, 100], "activation": "tanh"}
+        dims = self.latent_dims
+        self.prior = build_prior(prior, dims[-1])
         self.likelihood = build_likelihood(likelihood, self.data_shape)
-        self.encoder = build_network(encoder, self.data_shape, (2, latent_dim))
-        self.decoder = build_network(decoder, (latent_dim,), self.likelihood.param_shape)
+        self.encoder = build_network(encoder, self.data_shape, (2, dims[0]))
+        self.decoder = build_network(decoder, (dims[0],), self.likelihood.param_shape)
+        # q(z_{l+1} | z_l) and p(z_l | z_{l+1}) for l = 1 … L−1
+        self.upward = nn.ModuleList(build_network(latent_network, (dims[i],), (2, dims[i + 1]))
+                                    for i in range(depth - 1))
+        self.downward = nn.ModuleList(build_network(latent_network, (dims[i + 1],), (2, dims[i]))
+                                      for i in range(depth - 1))
+        if hasattr(self.prior, "attach"):
+            self.prior.attach(self)
+
+    @property
+    def latent_dim(self):
+        """The latent size of a one-layer VAE, or the tuple of layer sizes of a hierarchy."""
+        return self.latent_dims[0] if len(self.latent_dims) == 1 else self.latent_dims
 
     @property
     def beta(self):
-        return self._beta
+        """β of each layer (a float for one layer, a tuple for a hierarchy)."""
+        return self._betas[0] if len(self._betas) == 1 else self._betas
 
     @beta.setter
     def beta(self, value):
-        self._beta = check_beta(value)
+        depth = len(self.latent_dims)
+        if isinstance(value, (list, tuple)):
+            if len(value) != depth:
+                raise ConfigError(f"beta has {len(value)} entries for {depth} latent layers.")
+            self._betas = tuple(check_beta(b) for b in value)
+        else:
+            self._betas = (check_beta(value),) * depth
+
+    def _sample(self, layer, fn):
+        with latent_scale(self._betas[layer]):
+            return pyro.sample(self.sites[layer], fn)
+
+    def encode_layers(self, x):
+        """(mean, log-variance) of q for every layer along the deterministic path of means."""
+        params = [gaussian_params(self.encoder(x))]
+        for net in self.upward:
+            params.append(gaussian_params(net(params[-1][0])))
+        return params
 
     def encode(self, x):
-        """The guide's mean and log-variance, each of shape ``(*batch, latent_dim)``."""
-        loc, logvar = self.encoder(x).unbind(-2)
-        return loc, LOGVAR_BOUND * torch.tanh(logvar / LOGVAR_BOUND)
+        """The mean and log-variance of the top layer's q along the path of means."""
+        return self.encode_layers(x)[-1]
 
     def model(self, x):
-        """p(z) p(x|z) with x observed; ``x`` has shape ``(batch, *data_shape)``."""
+        """p(z_L) ∏ p(z_l|z_{l+1}) p(x|z_1) with x observed; ``x`` has shape ``(batch, *data_shape)``."""
         pyro.module(self.name, self)
         with pyro.plate("data", x.shape[0], device=x.device):
-            with latent_scale(self.beta):
-                z = pyro.sample("z", self.prior())
+            z = self._sample(-1, self.prior())
+            for layer in reversed(range(len(self.downward))):
+                z = self._sample(layer, diagonal_normal(*gaussian_params(self.downward[layer](z))))
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x):
-        """q(z|x) = N(μ(x), diag exp(log σ²(x))), reparameterised."""
+        """q(z|x): diagonal Gaussians with mean and log-variance from the networks, reparameterised."""
         pyro.module(self.name, self)
         with pyro.plate("data", x.shape[0], device=x.device):
-            loc, logvar = self.encode(x)
-            with latent_scale(self.beta):
-                pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * logvar)).to_event(1))
+            if self.inference == "top-down" and self.upward:
+                self._top_down_guide(x)
+            else:
+                h = x
+                for layer, net in enumerate([self.encoder, *self.upward]):
+                    h = self._sample(layer, diagonal_normal(*gaussian_params(net(h))))
+
+    def _top_down_guide(self, x):
+        bottom_up = self.encode_layers(x)
+        z = self._sample(-1, diagonal_normal(*bottom_up[-1]))
+        for layer in reversed(range(len(self.downward))):
+            loc_q, logvar_q = bottom_up[layer]
+            loc_p, logvar_p = gaussian_params(self.downward[layer](z))
+            precision_q, precision_p = torch.exp(-logvar_q), torch.exp(-logvar_p)
+            precision = precision_q + precision_p
+            loc = (loc_q * precision_q + loc_p * precision_p) / precision
+            z = self._sample(layer, diagonal_normal(loc, -torch.log(precision)))
 
     @torch.no_grad()
     def reconstruct(self, x):
-        """E[x | z = μ(x)]: the decoder's mean at the guide's mean."""
-        return self.likelihood.mean(self.decoder(self.encode(x)[0]))
+        """E[x | z_1 = μ_1(x)]: the decoder's mean at the first layer's guide mean."""
+        return self.likelihood.mean(self.decoder(gaussian_params(self.encoder(x))[0]))
+
+    @torch.no_grad()
+    def decode_top(self, z_top, mean=True):
+        """E[x|z_1] (``mean=True``) or x ~ p(x|z_1), with z_1 drawn down the hierarchy from z_L."""
+        z = z_top
+        for net in reversed(self.downward):
+            z = diagonal_normal(*gaussian_params(net(z))).sample()
+        params = self.decoder(z)
+        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
 
     @torch.no_grad()
     def sample(self, num_samples, mean=True):
         """``num_samples`` draws from the model: E[x|z] (``mean=True``) or x ~ p(x|z)."""
-        z = self.prior().sample((num_samples,))
-        params = self.decoder(z)
-        return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
+        return self.decode_top(self.prior().sample((num_samples,)), mean)

@@ -1,4 +1,4 @@
-"""Training objectives (Pyro ELBOs) and β schedules, chosen by name.
+"""Training objectives (Pyro ELBOs), chosen by name.
 
 Objectives (``max_plate_nesting=1``: the data plate; particles are vectorised):
 
@@ -7,17 +7,6 @@ Objectives (``max_plate_nesting=1``: the data plate; particles are vectorised):
   KL(q ‖ p) where the prior allows it (Pyro falls back to Monte Carlo otherwise);
 * ``iwae``: :class:`pyro.infer.RenyiELBO` with α = 0, the importance-weighted bound
   log (1/K) Σ_k p(x, z_k)/q(z_k|x) with K = ``num_particles`` (default 5).
-
-β schedules map training progress t (in epochs, fractional within an epoch) to the
-β that the trainer assigns to ``vae.beta`` before each step; the VAE applies it as
-``poutine.scale(scale=β)`` on the latent sites of model and guide
-(``poutine.mask(False)`` when β = 0):
-
-* ``constant``: β(t) = ``beta``;
-* ``linear`` (KL warm-up): β(t) = start + (beta − start)·min(1, t / warmup_epochs);
-* ``cyclical`` (Fu et al. 2019): t is cut into cycles of ``cycle_epochs``; within a
-  cycle β rises linearly from 0 to ``beta`` over the first fraction ``ratio`` of the
-  cycle and stays there: β(t) = beta·min(1, (t mod L) / (ratio·L)).
 """
 
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
@@ -26,7 +15,6 @@ from .errors import ConfigError
 from .registry import Registry
 
 OBJECTIVES = Registry("objective")
-BETA_SCHEDULES = Registry("beta schedule")
 
 
 def _particles(num_particles):
@@ -57,53 +45,17 @@ def iwae(num_particles=5):
     return RenyiELBO(alpha=0, **_particles(num_particles))
 
 
-def _non_negative(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{what} must be a number >= 0, got {value!r}.")
-    return float(value)
+def check_compatible(spec, vae):
+    """Reject ``elbo-analytic`` where its closed-form KL would be wrong.
 
-
-def _positive(value, what):
-    if _non_negative(value, what) == 0:
-        raise ConfigError(f"{what} must be > 0, got {value!r}.")
-    return float(value)
-
-
-@BETA_SCHEDULES.register("constant")
-class Constant:
-    """β(t) = beta."""
-
-    def __init__(self, beta=1.0):
-        self.beta = _non_negative(beta, "beta")
-
-    def __call__(self, t):
-        return self.beta
-
-
-@BETA_SCHEDULES.register("linear")
-class LinearWarmup:
-    """β(t) = start + (beta − start)·min(1, t / warmup_epochs): the KL warm-up."""
-
-    def __init__(self, beta=1.0, start=0.0, warmup_epochs=10):
-        self.beta = _non_negative(beta, "beta")
-        self.start = _non_negative(start, "start")
-        self.warmup_epochs = _positive(warmup_epochs, "warmup_epochs")
-
-    def __call__(self, t):
-        return self.start + (self.beta - self.start) * min(1.0, t / self.warmup_epochs)
-
-
-@BETA_SCHEDULES.register("cyclical")
-class Cyclical:
-    """β(t) = beta·min(1, (t mod L)/(ratio·L)) with L = ``cycle_epochs`` (Fu et al. 2019)."""
-
-    def __init__(self, beta=1.0, cycle_epochs=10, ratio=0.5):
-        self.beta = _non_negative(beta, "beta")
-        self.cycle_epochs = _positive(cycle_epochs, "cycle_epochs")
-        self.ratio = _positive(ratio, "ratio")
-        if self.ratio > 1:
-            raise ConfigError(f"ratio must be in (0, 1], got {ratio!r}.")
-
-    def __call__(self, t):
-        phase = (t % self.cycle_epochs) / self.cycle_epochs
-        return self.beta * min(1.0, phase / self.ratio)
+    ``TraceMeanField_ELBO`` computes KL(q(z_l|·) ‖ p(z_l|·)) site by site, which is the
+    ELBO's latent term only when the guide samples the layers in the model's order
+    (top-down). A bottom-up guide draws z_{l+1} after z_l and from it, so the analytic
+    per-site KL would be biased.
+    """
+    name = spec if isinstance(spec, str) else spec.get("name")
+    if name == "elbo-analytic" and len(vae.latent_dims) > 1 and vae.inference != "top-down":
+        raise ConfigError(
+            "elbo-analytic needs the guide to sample latent layers in the model's order: use "
+            "model.inference: top-down with a hierarchy, or the objective 'elbo' or 'iwae'."
+        )

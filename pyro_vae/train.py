@@ -28,8 +28,9 @@ from .checkpoints import CheckpointDir
 from .data import batches, binarize_batch, binarize_fixed, load_dataset
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
-from .objectives import BETA_SCHEDULES, OBJECTIVES
+from .objectives import OBJECTIVES, check_compatible
 from .plots import plot_reconstructions_and_samples, save_figure
+from .schedules import BETA_SCHEDULES
 
 EVAL_BINARIZATION_SEED = 12345
 
@@ -150,6 +151,7 @@ class Trainer:
         self.progress = progress
         config = run.config
         self.objective = OBJECTIVES.build(config["objective"])
+        check_compatible(config["objective"], run.vae)
         self.schedule = BETA_SCHEDULES.build(config["beta_schedule"])
         self.optimizer = torch.optim.Adam(run.vae.parameters(), lr=config["optim"]["lr"])
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config["optim"]["lr_decay"])

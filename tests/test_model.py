@@ -6,7 +6,8 @@ from torch.distributions import Normal, kl_divergence
 
 from pyro_vae import VAE, ConfigError
 from pyro_vae.data import binarize_fixed, load_dataset
-from pyro_vae.objectives import BETA_SCHEDULES, OBJECTIVES
+from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.schedules import BETA_SCHEDULES
 
 
 @pytest.fixture
