@@ -4,7 +4,7 @@ Each step is what ``SVI.step`` does: ``elbo.loss_and_grads(vae.model, vae.guide,
 back-propagates the surrogate ELBO into the VAE's parameters, then one ``torch.optim``
 step (Adam over ``vae.parameters()``, with optional per-epoch learning-rate decay and
 gradient-norm clipping). Using one PyTorch optimiser rather than ``pyro.optim`` keeps the
-optimiser and scheduler state in ordinary ``state_dict``s that checkpoint safely.
+optimiser and scheduler state in ordinary ``state_dict()`` mappings that checkpoint safely.
 
 The data set lives on the device as one tensor and is batched by index with a
 permutation drawn from a generator seeded by (seed, epoch); with dynamic binarisation
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from . import config as configuration
 from .checkpoints import CheckpointDir
 from .data import batches, binarize_batch, binarize_fixed, load_dataset
+from .diagnostics import latent_summary
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
 from .objectives import OBJECTIVES, check_compatible
@@ -102,18 +103,6 @@ def load_run(run_dir, map_location=None):
         raise PyroVAEError(f"Run directory '{run_dir}' has no loadable checkpoint.")
     run.vae.load_state_dict(state["model"])
     return run, state
-
-
-@torch.no_grad()
-def mean_elbo(vae, x, batch_size):
-    """Per-data-point ELBO (β = 1, one sample of z per point) averaged over ``x``."""
-    beta, vae.beta = vae.beta, 1.0
-    elbo = OBJECTIVES.build("elbo")
-    try:
-        total = sum(-elbo.loss(vae.model, vae.guide, xb) for xb in x.split(batch_size))
-    finally:
-        vae.beta = beta
-    return total / len(x)
 
 
 def train(config=None, out_dir="runs/default", overrides=(), resume=False, progress=True):
@@ -243,8 +232,9 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
         }
-        if self.epoch % config["train"]["validate_every"] == 0 or self.epoch == config["train"]["epochs"]:
-            record["val_elbo"] = mean_elbo(vae, run.val, config["eval"]["batch_size"])
+        last = self.epoch == config["train"]["epochs"]
+        if len(run.val) and (self.epoch % config["train"]["validate_every"] == 0 or last):
+            record.update(latent_summary(vae, run.val, config["eval"]["batch_size"]))
             bar.set_postfix(epoch=self.epoch, val_elbo=f"{record['val_elbo']:.2f}")
         self.checkpoints.save(self.state(), self.epoch)
         with open(self.metrics_path, "a") as handle:
