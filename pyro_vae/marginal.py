@@ -184,12 +184,19 @@ class MarginalLikelihood:
             "log_px_mean": mean,
             "log_px_stderr": se,
             "khat_mean": float(finite.mean()) if finite.numel() else math.nan,
-            "khat_median": float(not_nan.quantile(0.5)) if not_nan.numel() else math.nan,
+            "khat_median": _median(not_nan),
             "khat_frac_bad": self.khat_frac_bad,
             "ess_mean": float(self.ess.double().mean()) if self.num_points else math.nan,
             "num_samples": int(self.num_samples),
             "num_points": self.num_points,
         }
+
+
+def _median(values: torch.Tensor) -> float:
+    if values.numel() == 0:
+        return math.nan
+    with np.errstate(invalid="ignore"):
+        return float(np.median(values.cpu().numpy()))
 
 
 # --------------------------------------------------------------------------------------
@@ -481,6 +488,11 @@ def _inspect(model: Callable, guide: Callable | None, x: torch.Tensor) -> int:
     return -min(dims) if dims else 0
 
 
+def _accumulation_device(device: torch.device) -> torch.device:
+    """Where float64 sums live: the data's device, except MPS (no float64 there)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def _per_point(lp: torch.Tensor, site: dict, nesting: int, batch: int, num: int) -> torch.Tensor:
     """Reduce a site's log-density to shape (num, batch): keep particle and data dims."""
     ndim = nesting + 1
@@ -490,7 +502,8 @@ def _per_point(lp: torch.Tensor, site: dict, nesting: int, batch: int, num: int)
             f"dimensions than its plates account for (max_plate_nesting={nesting}); "
             "declare the extra dimensions as event dimensions with .to_event(...)"
         )
-    lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape)).double()
+    lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape))
+    lp = lp.to(device=_accumulation_device(lp.device), dtype=torch.float64)
     frame = _data_frame(site)
     keep = [0] if frame is None else [0, ndim + frame.dim]
     other = [d for d in range(ndim) if d not in keep]
@@ -514,7 +527,7 @@ def _log_weights(
     with poutine.block(), pyro.plate(_PARTICLE_PLATE, num, dim=-(nesting + 1)):
         model_trace, guide_trace = _run(model, guide, x)
     guide_sites = _sample_sites(guide_trace) if guide_trace is not None else {}
-    total = torch.zeros(num, batch, dtype=torch.float64, device=x.device)
+    total = torch.zeros(num, batch, dtype=torch.float64, device=_accumulation_device(x.device))
     terms: list[tuple[str, torch.Tensor]] = []
     for name, site in _sample_sites(model_trace).items():
         gsite = None
@@ -604,7 +617,7 @@ def _estimate(
     batch_size = _check_int("batch_size", batch_size, allow_none=True)
     x = _check_x(x)
     batch_size, chunk_size = _sizes(x, num_samples, chunk_size, batch_size)
-    acc_device = x.device if x.device.type != "mps" else torch.device("cpu")
+    acc_device = _accumulation_device(x.device)
     n = x.shape[0]
     starts = list(range(0, n, batch_size))
     chunks = [min(chunk_size, num_samples - s) for s in range(0, num_samples, chunk_size)]
@@ -637,6 +650,14 @@ def _estimate(
 
 
 def _warn_khat(result: MarginalLikelihood) -> None:
+    n_zero = int((result.log_px == -math.inf).sum())
+    if n_zero:
+        warnings.warn(
+            f"all {result.num_samples} importance weights are zero (p(x, z) = 0 for every "
+            f"sample) for {n_zero} of {result.num_points} data points: their log_px is -inf",
+            ImportanceSamplingWarning,
+            stacklevel=4,
+        )
     n_bad = int(result.bad_khat.sum())
     if n_bad == 0:
         return
@@ -656,7 +677,7 @@ def _warn_khat(result: MarginalLikelihood) -> None:
             "underestimated, with a stderr that is too small). Use more samples or a better "
             "guide (proposal)."
         )
-    warnings.warn(msg, ImportanceSamplingWarning, stacklevel=3)
+    warnings.warn(msg, ImportanceSamplingWarning, stacklevel=4)
 
 
 def log_likelihood(
@@ -682,9 +703,11 @@ def log_likelihood(
         guide: ``guide(x)`` sampling the latents (same site names, same ``"data"`` plate).
         x: tensor of data points along dim 0 (the estimate is computed on its device).
         num_samples: :math:`K`, importance samples per data point.
-        chunk_size: samples per model call (default: bounded so that chunk x batch x the size
-            of one data point stays around 4M elements).
-        batch_size: data points per model call (default: see ``chunk_size``).
+        chunk_size: samples per model call. Default: chosen with ``batch_size`` so that
+            chunk x batch x ``x[0].numel()`` stays near 2**22 elements, with chunk x batch
+            clamped to [256, 65536] (pairs of sample and data point per model call).
+        batch_size: data points per model call (default: see ``chunk_size``). Memory is
+            O(batch x (chunk + sqrt(K))) whatever ``num_samples``.
         progress: show a tqdm progress bar over chunks.
 
     Returns:

@@ -1,10 +1,18 @@
 """The training loop: Pyro ELBO gradients, a PyTorch optimiser, device-resident batches.
 
-Each step is what ``SVI.step`` does: ``elbo.loss_and_grads(vae.model, vae.guide, x)``
-back-propagates the surrogate ELBO into the VAE's parameters, then one ``torch.optim``
-step (Adam over ``vae.parameters()``, with optional per-epoch learning-rate decay and
-gradient-norm clipping). Using one PyTorch optimiser rather than ``pyro.optim`` keeps the
-optimiser and scheduler state in ordinary ``state_dict()`` mappings that checkpoint safely.
+Each step is what ``SVI.step`` does: the objective's surrogate ELBO is back-propagated
+into the VAE's parameters (:func:`~pyro_vae.objectives.step_loss`: ``differentiable_loss``
+then ``backward``, or ``loss_and_grads`` for objectives without the former; the gradients
+are those of ``loss_and_grads``), then one ``torch.optim`` step (Adam over
+``vae.parameters()``, fused where the device has a fused kernel, with optional per-epoch
+learning-rate decay and gradient-norm clipping). Using one PyTorch optimiser rather than
+``pyro.optim`` keeps the optimiser and scheduler state in ordinary ``state_dict()``
+mappings that checkpoint safely.
+
+The hot loop does not wait for the device: the losses are summed on the device and read
+back once per epoch (on an accelerator the finiteness check runs every
+``SYNC_EVERY`` steps, on the CPU, where reading a value costs nothing, every step, before
+the optimiser step), and the progress bar shows the loss at most twice a second.
 
 The data set lives on the device as one tensor and is batched by index with a
 permutation drawn from a generator seeded by (seed, epoch); with dynamic binarisation
@@ -29,11 +37,14 @@ from .data import batches, binarize_batch, binarize_fixed, load_dataset
 from .diagnostics import latent_summary
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
-from .objectives import OBJECTIVES, check_compatible
+from .objectives import OBJECTIVES, check_compatible, step_loss
 from .plots import plot_reconstructions_and_samples, save_figure
 from .schedules import BETA_SCHEDULES
 
 EVAL_BINARIZATION_SEED = 12345
+SYNC_EVERY = 50
+"""On an accelerator, the training losses are checked for NaN/inf every this many steps."""
+POSTFIX_SECONDS = 0.5
 
 
 class TrainingDiverged(PyroVAEError):
@@ -131,6 +142,21 @@ def train(config=None, out_dir="runs/default", overrides=(), resume=False, progr
     return Trainer(Run.build(config), out_dir, progress).fit(resume)
 
 
+def make_adam(params, lr):
+    """``torch.optim.Adam`` with the fused kernel where the device has one (CPU and CUDA in
+    current PyTorch: one pass over all parameters, about 3x faster than the default
+    per-parameter loop on the CPU), else the default implementation. The fused update
+    agrees with the default one to float rounding, not bitwise; a checkpoint keeps the
+    choice it was made with (``load_state_dict`` restores the ``fused`` flag), so a
+    resumed run continues exactly.
+    """
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device/dtype
+        return torch.optim.Adam(params, lr=lr)
+
+
 class Trainer:
     """Runs the epochs of one :class:`Run`, writing metrics, checkpoints and figures."""
 
@@ -142,7 +168,7 @@ class Trainer:
         self.objective = OBJECTIVES.build(config["objective"])
         check_compatible(config["objective"], run.vae)
         self.schedule = BETA_SCHEDULES.build(config["beta_schedule"])
-        self.optimizer = torch.optim.Adam(run.vae.parameters(), lr=config["optim"]["lr"])
+        self.optimizer = make_adam(run.vae.parameters(), lr=config["optim"]["lr"])
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config["optim"]["lr_decay"])
         self.checkpoints = CheckpointDir(self.out_dir / "checkpoints")
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -175,17 +201,23 @@ class Trainer:
                 self.restore(state)
             self._truncate_metrics()
             return
-        resolved = dict(self.run.config, data_info=self.run.splits.info)
-        with open(self.out_dir / "config.yaml", "w") as handle:
-            yaml.safe_dump(resolved, handle, sort_keys=False)
         self.metrics_path.write_text("")
+        resolved = dict(self.run.config, data_info=self.run.splits.info)
+        tmp = self.out_dir / "config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        tmp.replace(self.out_dir / "config.yaml")  # the run exists once its config is complete
 
     def _truncate_metrics(self):
-        """Drop metric lines of epochs after the checkpoint we resume from."""
+        """Drop metric lines of epochs after the checkpoint we resume from (and a torn last line)."""
         if not self.metrics_path.exists():
             return
-        lines = self.metrics_path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= self.epoch]
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line)["epoch"] <= self.epoch:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
     def fit(self, resume=False):
@@ -209,25 +241,35 @@ class Trainer:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + self.epoch)
         clip = config["optim"]["clip_norm"]
-        total = 0.0
+        sync_every = 1 if run.device.type == "cpu" else SYNC_EVERY
+        # float64 as the former Python-float sum (bit-identical); MPS has no float64
+        total = torch.zeros((), dtype=torch.float32 if run.device.type == "mps" else torch.float64,
+                            device=run.device)
+        pending = []  # losses not yet checked for NaN/inf
+        show_postfix = not bar.disable
+        next_postfix = time.monotonic()
         for step, index in enumerate(batches(len(run.splits.train), batch_size, generator, run.device)):
             vae.beta = self.schedule(self.epoch + step / num_batches)
             x = run.train_batch(index)
-            loss = self.objective.loss_and_grads(vae.model, vae.guide, x)
-            if not math.isfinite(loss):
-                self._diverged(step)
+            loss = step_loss(self.objective, vae.model, vae.guide, x)
+            pending.append(loss)
+            if len(pending) >= sync_every or step == num_batches - 1:
+                self._check_finite(pending, step)
+                pending.clear()
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(vae.parameters(), clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             total += loss
             bar.update()
-            bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss / len(x):.2f}", refresh=False)
+            if show_postfix and time.monotonic() >= next_postfix:
+                bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss.item() / len(x):.2f}", refresh=False)
+                next_postfix = time.monotonic() + POSTFIX_SECONDS
         self.scheduler.step()
         self.epoch += 1
         record = {
             "epoch": self.epoch,
-            "train_loss": total / len(run.splits.train),
+            "train_loss": total.item() / len(run.splits.train),
             "beta": vae.beta,
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
@@ -236,9 +278,21 @@ class Trainer:
         if len(run.val) and (self.epoch % config["train"]["validate_every"] == 0 or last):
             record.update(latent_summary(vae, run.val, config["eval"]["batch_size"]))
             bar.set_postfix(epoch=self.epoch, val_elbo=f"{record['val_elbo']:.2f}")
-        self.checkpoints.save(self.state(), self.epoch)
+        # Metrics first: a kill between the two leaves a line that resume drops, never a gap.
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        self.checkpoints.save(self.state(), self.epoch)
+
+    def _check_finite(self, losses, step):
+        """Raise :class:`TrainingDiverged` if a loss of the steps ending at ``step`` is NaN/inf."""
+        if len(losses) == 1:
+            if math.isfinite(losses[0].item()):
+                return
+            self._diverged(step)
+        finite = torch.isfinite(torch.stack([loss.to(torch.float64) for loss in losses]))
+        if bool(finite.all()):
+            return
+        self._diverged(step - len(losses) + 1 + int((~finite).nonzero()[0, 0]))
 
     def _diverged(self, step):
         kept = self.checkpoints.paths()
