@@ -1,12 +1,18 @@
-"""Datasets as in-memory tensors, their train/val/test splits, binarisation and batching.
+"""Datasets as in-memory tensors, their train/val/test splits, per-batch transforms and batching.
 
 Datasets are built by name through the registry :data:`DATASETS` (``load_dataset("digits")``
 or ``load_dataset({"name": "mnist", "root": "data", "val_size": 10000})``) and come back as
-a :class:`Splits`: three float32 tensors of shape ``(N, C, H, W)`` with values in
-``[0, 1]``, their labels, and an ``info`` dict recording the preprocessing (JSON/YAML
-serialisable, so a run's config can store it).
+a :class:`Splits`: three float32 tensors of shape ``(N, C, H, W)`` (or ``(N, *shape)`` for
+users' arrays) with values in ``[0, 1]``, their labels, and an ``info`` dict recording the
+preprocessing (JSON/YAML serialisable, so a run's config can store it).
 
-Binarisation (option ``binarize`` of every dataset, default ``"dynamic"``):
+Registered datasets: ``digits`` (scikit-learn, no download); the torchvision family
+``mnist``, ``fashion-mnist``, ``kmnist``, ``emnist`` (balanced split) and ``cifar10``;
+``sprites`` (procedural, with known factors, :mod:`pyro_vae.sprites`); users' own data,
+``array`` (a .npy/.npz/.pt file) and ``folder`` (a folder of PNG/JPEG images).
+
+Binarisation (option ``binarize``; default ``"dynamic"`` for the grey-level image sets,
+``"none"`` for CIFAR-10 and users' data):
 
 * ``"dynamic"``: the tensors keep their grey levels; the training loop draws a fresh
   Bernoulli sample per batch with :func:`binarize_batch`. For evaluating a Bernoulli
@@ -16,17 +22,26 @@ Binarisation (option ``binarize`` of every dataset, default ``"dynamic"``):
 * ``"threshold"``: ``x > 0.5``.
 * ``"none"``: grey levels, for likelihoods on ``[0, 1]`` (e.g. continuous Bernoulli, Beta).
 
-The whole dataset is small enough to live on the training device; :func:`batches`
-yields shuffled index tensors to slice it with.
+Dequantisation (option ``dequantize: true``, 8-bit data with ``binarize: none``): the
+tensors keep the levels ``k / 255``; each training batch becomes ``(k + u) / 256`` with
+``u ~ U[0, 1)`` (:func:`dequantize_batch`), so a continuous density on ``[0, 1]`` bounds
+the 8-bit likelihood. :meth:`Splits.transform_batch` applies whichever per-batch transform
+``info`` asks for.
+
+A dataset small enough for the training device lives there; :func:`batches` yields
+shuffled index tensors to slice it with. Otherwise :func:`make_loader` streams batches
+from host memory (:func:`fits_on_device` decides).
 """
 
+import codecs
 import copy
 import dataclasses
 import gzip
 import os
 import pickle
 import shutil
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,14 +54,25 @@ from .registry import Registry
 __all__ = [
     "BINARIZE_MODES",
     "DATASETS",
+    "IMAGE_SUFFIXES",
     "MNIST_FILES",
     "Splits",
+    "array",
     "batches",
     "binarize_batch",
     "binarize_fixed",
+    "cifar10",
+    "dequantize_batch",
+    "dequantize_fixed",
     "digits",
+    "emnist",
+    "fashion_mnist",
+    "fits_on_device",
+    "folder",
+    "kmnist",
     "list_datasets",
     "load_dataset",
+    "make_loader",
     "mnist",
     "split_indices",
 ]
@@ -55,18 +81,21 @@ DATASETS = Registry("dataset")
 
 BINARIZE_MODES = ("dynamic", "static", "threshold", "none")
 
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _idx_files(train: str, test: str) -> tuple:
+    """Names of the four IDX files of an MNIST-like set, training then test."""
+    return tuple(f"{p}-{kind}" for p in (train, test) for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+
+
+MNIST_FILES = _idx_files("train", "t10k")
 
 _SPLITS = ("train", "val", "test")
 
-# What torchvision's IDX (or legacy .pt cache) readers raise on malformed files.
+# What torchvision's IDX reader and the CIFAR-10 unpickler raise on malformed files.
 _READ_ERRORS = (
-    AssertionError, EOFError, IndexError, OSError, RuntimeError, TypeError, ValueError,
+    AssertionError, EOFError, IndexError, KeyError, OSError, RuntimeError, TypeError, ValueError,
     pickle.UnpicklingError,
 )
 
@@ -81,8 +110,10 @@ class Splits:
 
     ``train``, ``val`` and ``test`` are float32 tensors of shape ``(N, *data_shape)``;
     ``val`` and ``test`` may be empty (``N == 0``), ``train`` may not. Labels are int64
-    tensors of shape ``(N,)`` or ``None``. ``data_shape`` defaults to ``train.shape[1:]``.
-    ``info`` holds plain Python values only (str, int, float, bool, None, lists, dicts).
+    tensors of shape ``(N,)`` or ``None``; factors (datasets with known generative
+    factors, such as ``sprites``) are int64 tensors of shape ``(N, F)`` or ``None``.
+    ``data_shape`` defaults to ``train.shape[1:]``. ``info`` holds plain Python values
+    only (str, int, float, bool, None, lists, dicts).
     """
 
     train: torch.Tensor
@@ -93,6 +124,9 @@ class Splits:
     test_labels: torch.Tensor | None = None
     data_shape: tuple | None = None
     info: dict = field(default_factory=dict)
+    train_factors: torch.Tensor | None = None
+    val_factors: torch.Tensor | None = None
+    test_factors: torch.Tensor | None = None
 
     def __post_init__(self):
         for split in _SPLITS:
@@ -116,19 +150,23 @@ class Splits:
                 raise DataError(
                     f"Splits.{split} has examples of shape {got}, expected {self.data_shape}."
                 )
-            labels = getattr(self, f"{split}_labels")
-            if labels is None:
-                continue
-            if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
-                raise DataError(f"Splits.{split}_labels must be a 1-d tensor or None.")
-            if labels.shape[0] != getattr(self, split).shape[0]:
-                raise DataError(
-                    f"Splits.{split}_labels has {labels.shape[0]} entries for "
-                    f"{getattr(self, split).shape[0]} examples."
-                )
-            setattr(self, f"{split}_labels", labels.to(torch.int64))
+            self._check_per_example(split, "labels", ndim=1)
+            self._check_per_example(split, "factors", ndim=2)
         if not isinstance(self.info, dict):
             raise DataError(f"Splits.info must be a dict, got {type(self.info).__name__}.")
+
+    def _check_per_example(self, split: str, kind: str, ndim: int):
+        """Check (and cast to int64) ``{split}_{kind}``: None or one row per example."""
+        name = f"{split}_{kind}"
+        value = getattr(self, name)
+        if value is None:
+            return
+        if not isinstance(value, torch.Tensor) or value.dim() != ndim:
+            raise DataError(f"Splits.{name} must be a {ndim}-d tensor or None.")
+        n = getattr(self, split).shape[0]
+        if value.shape[0] != n:
+            raise DataError(f"Splits.{name} has {value.shape[0]} entries for {n} examples.")
+        setattr(self, name, value.to(torch.int64))
 
     @property
     def dynamic_binarization(self) -> bool:
@@ -136,39 +174,63 @@ class Splits:
         return self.info.get("binarize") == "dynamic"
 
     @property
+    def dequantization(self) -> bool:
+        """Whether the training loop should dequantise each batch with :func:`dequantize_batch`."""
+        return self.info.get("dequantize") is True
+
+    @property
     def sizes(self) -> dict:
         """``{"train": n, "val": n, "test": n}``."""
         return {split: int(getattr(self, split).shape[0]) for split in _SPLITS}
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes taken by all tensors (data, labels, factors)."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values() if t is not None)
+
+    def _tensors(self) -> dict:
+        names = [f"{split}{suffix}" for split in _SPLITS for suffix in ("", "_labels", "_factors")]
+        return {name: getattr(self, name) for name in names}
+
+    def transform_batch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The per-batch transform ``info`` asks for: a fresh binarisation
+        (:func:`binarize_batch`), a fresh dequantisation (:func:`dequantize_batch`) or
+        none (``x`` itself). The training loop calls it on every batch."""
+        if self.dynamic_binarization:
+            return binarize_batch(x, generator)
+        if self.dequantization:
+            return dequantize_batch(x, generator)
+        return x
+
     def to(self, device) -> "Splits":
-        """A copy with every tensor (data and labels) moved to ``device``; ``info`` is copied."""
-        moved = {}
-        for split in _SPLITS:
-            moved[split] = getattr(self, split).to(device)
-            labels = getattr(self, f"{split}_labels")
-            moved[f"{split}_labels"] = None if labels is None else labels.to(device)
+        """A copy with every tensor (data, labels, factors) moved to ``device``; ``info`` is copied."""
+        moved = {name: None if t is None else t.to(device) for name, t in self._tensors().items()}
         return dataclasses.replace(self, **moved, info=copy.deepcopy(self.info))
 
     def eval_view(self, seed: int = 0) -> "Splits":
-        """The splits with one fixed Bernoulli draw per pixel, for evaluation.
+        """The splits with one fixed draw of the per-batch transform, for evaluation.
 
         Under dynamic binarisation the stored tensors hold grey levels, which are outside
-        a Bernoulli likelihood's support; evaluate on this view instead. The draw for each
-        split depends only on ``seed`` and that split's tensor (not on the device or the
-        other splits), so it is the same on every call. If the data are not dynamically
-        binarised, returns ``self`` unchanged. The view's ``info`` has
-        ``binarize: "fixed"`` and ``eval_binarize_seed: seed``.
+        a Bernoulli likelihood's support; under dequantisation they hold the 8-bit levels
+        rather than the dequantised values the model is trained on. Evaluate on this view
+        instead: one Bernoulli draw (:func:`binarize_fixed`) or one uniform dequantisation
+        (:func:`dequantize_fixed`) per pixel. The draw for each split depends only on
+        ``seed`` and that split's tensor (not on the device or the other splits), so it is
+        the same on every call. Without a per-batch transform, returns ``self``. The
+        view's ``info`` has ``binarize: "fixed"`` and ``eval_binarize_seed: seed`` (or
+        ``dequantize: "fixed"`` and ``eval_dequantize_seed: seed``).
         """
-        if not self.dynamic_binarization:
+        if self.dynamic_binarization:
+            draw, key = binarize_fixed, "binarize"
+        elif self.dequantization:
+            draw, key = dequantize_fixed, "dequantize"
+        else:
             return self
         seed = _check_int("seed", seed, minimum=0, what="eval_view")
-        fixed = {
-            split: binarize_fixed(getattr(self, split), _derive_seed(seed, k))
-            for k, split in enumerate(_SPLITS)
-        }
+        fixed = {split: draw(getattr(self, split), _derive_seed(seed, k)) for k, split in enumerate(_SPLITS)}
         info = copy.deepcopy(self.info)
-        info["binarize"] = "fixed"
-        info["eval_binarize_seed"] = seed
+        info[key] = "fixed"
+        info[f"eval_{key}_seed"] = seed
         return dataclasses.replace(self, **fixed, info=info)
 
     def __repr__(self):
@@ -180,7 +242,7 @@ class Splits:
 
 
 # --------------------------------------------------------------------------------------
-# Binarisation and batching
+# Per-batch transforms
 
 
 def binarize_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -198,10 +260,40 @@ def binarize_fixed(x: torch.Tensor, seed: int) -> torch.Tensor:
     The uniform noise is drawn on the CPU from a generator seeded with ``seed``, so the
     result does not depend on x's device; it is returned on x's device with x's dtype.
     """
-    seed = _check_int("seed", seed, minimum=0, what="binarize_fixed")
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.rand(x.shape, generator=generator, dtype=torch.float32)
+    noise = _fixed_noise(x, seed, "binarize_fixed")
     return (noise < x.detach().to("cpu", torch.float32)).to(device=x.device, dtype=x.dtype)
+
+
+def dequantize_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform dequantisation of 8-bit data ``x = k / 255``: ``(k + u) / 256``, ``u ~ U[0, 1)``.
+
+    For ``dequantize: true``: call once per training batch; values lie in ``[0, 1)``.
+    ``generator``, if given, must be on the same device as ``x``.
+    """
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return _dequantize(x, noise)
+
+
+def dequantize_fixed(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """:func:`dequantize_batch` with noise determined by ``seed`` (drawn on the CPU, as
+    :func:`binarize_fixed`), for evaluation."""
+    noise = _fixed_noise(x, seed, "dequantize_fixed")
+    return _dequantize(x, noise.to(device=x.device, dtype=x.dtype))
+
+
+def _dequantize(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return (torch.round(x * 255) + noise) / 256
+
+
+def _fixed_noise(x: torch.Tensor, seed: int, what: str) -> torch.Tensor:
+    """Uniform float32 noise of x's shape on the CPU, determined by ``seed``."""
+    seed = _check_int("seed", seed, minimum=0, what=what)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(x.shape, generator=generator, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Batching and streaming
 
 
 def batches(
@@ -243,6 +335,61 @@ def _batches(n, batch_size, generator, device, drop_last, shuffle):
         order = order.to(device)
     stop = n - n % batch_size if drop_last else n
     yield from torch.split(order[:stop], batch_size)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """``dataset[index_tensor]`` is the batch ``x[index_tensor]`` (one fetch per batch)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __getitem__(self, index):
+        return self.x[index]
+
+    def __len__(self):
+        return len(self.x)
+
+
+def make_loader(
+    x: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    device=None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    shuffle: bool = True,
+) -> Iterator[torch.Tensor]:
+    """One epoch of batches of the host tensor ``x``, copied to ``device`` as they are used.
+
+    For data too large for the device (see :func:`fits_on_device`). Yields
+    ``x[idx].to(device)`` for ``idx in batches(len(x), batch_size, generator, None,
+    drop_last, shuffle)``: the same batches, in the same order, as indexing an on-device
+    copy. The batches are gathered by a ``torch.utils.data.DataLoader`` (``num_workers``
+    background processes), in pinned memory when ``device`` is CUDA, and copied with
+    ``non_blocking=True``. The loader draws no numbers from the global RNG.
+    """
+    order = batches(len(x), batch_size, generator, None, drop_last, shuffle)
+    device = torch.device("cpu" if device is None else device)
+    num_workers = _check_int("num_workers", num_workers, minimum=0, what="make_loader")
+    loader = torch.utils.data.DataLoader(
+        _Rows(x), sampler=order, batch_size=None, num_workers=num_workers,
+        pin_memory=device.type == "cuda", generator=torch.Generator(),
+    )
+    return (batch.to(device, non_blocking=True) for batch in loader)
+
+
+def fits_on_device(splits: Splits, device, fraction: float = 0.5, cpu_limit_bytes: int | None = None) -> bool:
+    """Whether ``splits`` (all its tensors) should be moved to ``device`` whole.
+
+    CUDA: if they take at most ``fraction`` of the device's free memory
+    (``torch.cuda.mem_get_info``); otherwise stream them with :func:`make_loader`.
+    Other devices: always, unless ``cpu_limit_bytes`` is set and they are larger.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return splits.nbytes <= fraction * free
+    return cpu_limit_bytes is None or splits.nbytes <= cpu_limit_bytes
 
 
 # --------------------------------------------------------------------------------------
@@ -335,135 +482,255 @@ def digits(
     return _make_splits(data, info, binarize, binarize_seed)
 
 
-@DATASETS.register("mnist")
-def mnist(
-    root: str = "data",
-    download: bool = False,
-    val_size: int = 10000,
-    split_seed: int = 0,
-    binarize: str = "dynamic",
-    binarize_seed: int = 0,
-) -> Splits:
-    """MNIST (60000 train + 10000 test images of 28x28) via ``torchvision.datasets.MNIST``.
 
-    Reads the raw IDX files in ``<root>/MNIST/raw/`` (uncompressed, or ``.gz`` which are
-    unpacked next to them); ``download=True`` fetches them when online. Pixel values are
-    divided by 255 into ``[0, 1]``; data_shape is ``(1, 28, 28)``. ``val_size`` images of
-    the official training set (chosen by a permutation seeded with ``split_seed``) form
-    the validation split; the official test set is the test split. A static binarisation
-    is drawn per official set before the validation split is taken.
+
+# --------------------------------------------------------------------------------------
+# The torchvision family: MNIST, Fashion-MNIST, KMNIST, EMNIST (balanced), CIFAR-10
+
+
+def _read_idx(folder: Path, source: "_Source") -> dict:
+    """The four IDX files of an MNIST-like set as uint8 ``(N, 1, H, W)`` images and labels."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    out = {}
+    for split, (images_file, labels_file) in (("train", source.files[:2]), ("test", source.files[2:])):
+        images = read_image_file(str(folder / images_file))
+        if source.transpose:
+            images = images.transpose(1, 2)
+        out[split] = images.unsqueeze(1), read_label_file(str(folder / labels_file))
+    return out
+
+
+def _read_cifar(folder: Path, source: "_Source") -> dict:
+    """CIFAR-10's python batches (the last file is the test batch) as uint8 ``(N, 3, 32, 32)``."""
+    out = {}
+    for split, names in (("train", source.files[:-1]), ("test", source.files[-1:])):
+        parts = [_load_cifar_batch(folder / name) for name in names]
+        images = np.concatenate([part["data"] for part in parts]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([np.asarray(part["labels"], dtype=np.int64) for part in parts])
+        out[split] = torch.from_numpy(images), torch.from_numpy(labels)
+    return out
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds plain containers, strings, numbers and numpy arrays; refuses every other global.
+
+    CIFAR-10's batches are pickles. torchvision unpickles them with ``pickle.load``, which
+    runs any code a tampered file names; this unpickler only reconstructs numpy arrays
+    (and bytes, which protocol-2 pickles written by Python 3 build with ``_codecs.encode``).
     """
-    what = "dataset 'mnist'"
-    if not isinstance(root, (str, os.PathLike)) or str(root) == "":
-        raise ConfigError(f"Option 'root' of {what} must be a directory path, got {root!r}.")
+
+    _GLOBALS = {
+        "_reconstruct": np.empty(0).__reduce__()[0],
+        "ndarray": np.ndarray,
+        "dtype": np.dtype,
+    }
+
+    def find_class(self, module, name):
+        if module.split(".")[0] == "numpy" and name in self._GLOBALS:
+            return self._GLOBALS[name]
+        if (module, name) == ("_codecs", "encode"):
+            return codecs.encode
+        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}': only numpy arrays are allowed")
+
+
+def _load_cifar_batch(path: Path) -> dict:
+    """One CIFAR-10 python batch: ``{"data": uint8 array (N, 3072), "labels": N ints}``."""
+    try:
+        with open(path, "rb") as handle:
+            entry = _BatchUnpickler(handle, encoding="latin1").load()
+    except _READ_ERRORS as error:
+        raise ValueError(f"{path.name} is not a CIFAR-10 batch ({type(error).__name__}: {error})") from None
+    if not isinstance(entry, dict):
+        raise TypeError(f"{path.name} holds a {type(entry).__name__}, not a dict")
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    data = entry["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
+        raise ValueError(f"'data' in {path.name} is not a uint8 array of shape (N, 3072)")
+    return {"data": data, "labels": entry["labels"]}
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where one torchvision dataset lives under ``root``, and how to read it."""
+
+    name: str  # registry name
+    title: str
+    cls: str  # the torchvision.datasets class (used to download)
+    folder: str  # folder under root holding the files
+    files: tuple  # training files, then test files
+    read: Callable  # (folder, source) -> {"train": (uint8 images, labels), "test": ...}
+    hint: str  # what the files are, for the missing-files message
+    num_classes: int
+    val_size: int = 10000
+    binarize: str = "dynamic"
+    options: tuple = ()  # extra (key, value) arguments of the torchvision class
+    transpose: bool = False  # images stored transposed (EMNIST)
+
+
+_IDX_HINT = "uncompressed IDX files (or their .gz versions)"
+
+_SOURCES = (
+    _Source("mnist", "MNIST", "MNIST", "MNIST/raw", MNIST_FILES, _read_idx, _IDX_HINT, 10),
+    _Source(
+        "fashion-mnist", "Fashion-MNIST", "FashionMNIST", "FashionMNIST/raw", MNIST_FILES, _read_idx,
+        _IDX_HINT, 10,
+    ),
+    _Source("kmnist", "KMNIST", "KMNIST", "KMNIST/raw", MNIST_FILES, _read_idx, _IDX_HINT, 10),
+    _Source(
+        "emnist", "EMNIST (balanced)", "EMNIST", "EMNIST/raw",
+        _idx_files("emnist-balanced-train", "emnist-balanced-test"), _read_idx,
+        _IDX_HINT + ", from the gzip/ folder of EMNIST's gzip.zip", 47,
+        options=(("split", "balanced"),), transpose=True,
+    ),
+    _Source(
+        "cifar10", "CIFAR-10", "CIFAR10", "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",), _read_cifar,
+        "python-version batch files (extract cifar-10-python.tar.gz into root)", 10,
+        val_size=5000, binarize="none",
+    ),
+)
+
+
+_TORCHVISION_DOC = """\
+    IDX files may be ``.gz``, which are unpacked next to them; ``download=True`` fetches
+    missing files when online, and a missing file offline raises :class:`DataError` naming
+    each file and where to put it. Pixel values are divided by 255 into ``[0, 1]``.
+    ``val_size`` images of the official training set (chosen by a permutation seeded with
+    ``split_seed``) form the validation split; the official test set is the test split. A
+    static binarisation is drawn per official set before the validation split is taken.
+    EMNIST's images, stored transposed, are turned upright.
+    """
+
+
+def _load_torchvision(source, root, download, val_size, split_seed, binarize, binarize_seed, dequantize):
+    """A dataset of the torchvision family (``source``) from ``<root>/<source.folder>/``."""
+    what = f"dataset '{source.name}'"
+    root = _path_option(root, "root", what)
     if not isinstance(download, bool):
         raise ConfigError(f"Option 'download' of {what} must be true or false, got {download!r}.")
     val_size = _check_int("val_size", val_size, minimum=0, what=what)
-    split_seed = _check_int("split_seed", split_seed, minimum=0, what=what)
-    binarize = _check_binarize(binarize, "mnist")
-    binarize_seed = _check_int("binarize_seed", binarize_seed, minimum=0, what=what)
-
-    root_path = Path(root).expanduser()
-    train_x, train_y, test_x, test_y = _read_mnist(root_path, download)
-    n_train = train_x.shape[0]
+    split_seed, binarize, binarize_seed, dequantize = _check_preprocessing(
+        source.name, split_seed, binarize, binarize_seed, dequantize
+    )
+    data = _read_source(source, root, download)
+    n_train = data["train"][0].shape[0]
     if val_size >= n_train:
         raise ConfigError(
             f"val_size ({val_size}) of {what} must be less than the {n_train} training images "
-            f"found in {root_path / 'MNIST' / 'raw'}, to leave a training set."
+            f"found in {root / source.folder}, to leave a training set."
         )
-    train_x = train_x.to(torch.float32).div_(255.0).unsqueeze(1)
-    test_x = test_x.to(torch.float32).div_(255.0).unsqueeze(1)
-    train_x = _apply_binarize(train_x, binarize, binarize_seed, stream=0)
-    test_x = _apply_binarize(test_x, binarize, binarize_seed, stream=1)
+    train_x, test_x = (
+        _apply_binarize(data[split][0].to(torch.float32).div_(255.0), binarize, binarize_seed, stream=k)
+        for k, split in enumerate(("train", "test"))
+    )
+    train_y, test_y = data["train"][1], data["test"][1]
     idx = split_indices(n_train, {"val": val_size, "train": None}, split_seed)
+    options = ", ".join(f"{k}={v!r}" for k, v in source.options)
     info = {
-        "name": "mnist",
-        "source": "torchvision.datasets.MNIST",
+        "name": source.name,
+        "source": f"torchvision.datasets.{source.cls}" + (f"({options})" if options else "")
+        + (", images transposed upright" if source.transpose else ""),
         "root": str(root),
         "scale": "pixel values 0..255 divided by 255",
         "data_shape": [int(s) for s in train_x.shape[1:]],
-        "num_classes": 10,
+        "num_classes": source.num_classes,
         "split": "official test set; val: seeded permutation of the official training set",
         "split_seed": split_seed,
         "val_size": val_size,
         "test_size": int(test_x.shape[0]),
     }
-    data = {split: (train_x[i], train_y[i]) for split, i in idx.items()}
-    data["test"] = (test_x, test_y)
-    return _make_splits(data, info, binarize, binarize_seed)
+    parts = {split: (train_x[i], train_y[i]) for split, i in idx.items()}
+    parts["test"] = (test_x, test_y)
+    return _make_splits(parts, info, binarize, binarize_seed, dequantize)
 
 
-# --------------------------------------------------------------------------------------
-# Helpers
+def _register(source: _Source) -> Callable:
+    """Register ``source`` in :data:`DATASETS` with the options of :func:`_load_torchvision`."""
+
+    def load(
+        root: str = "data",
+        download: bool = False,
+        val_size: int = source.val_size,
+        split_seed: int = 0,
+        binarize: str = source.binarize,
+        binarize_seed: int = 0,
+        dequantize: bool = False,
+    ) -> Splits:
+        return _load_torchvision(
+            source, root, download, val_size, split_seed, binarize, binarize_seed, dequantize
+        )
+
+    load.__name__ = load.__qualname__ = source.name.replace("-", "_")
+    load.__doc__ = (
+        f"{source.title} via ``torchvision.datasets.{source.cls}``, from the files "
+        f"{', '.join(source.files)} in ``<root>/{source.folder}/``.\n\n{_TORCHVISION_DOC}"
+    )
+    return DATASETS.register(source.name, load)
 
 
-def _read_mnist(root: Path, download: bool):
-    """Return uint8 ``(train_images, train_labels, test_images, test_labels)`` tensors."""
-    raw = root / "MNIST" / "raw"
-    _unpack_gz(raw)
-    if _mnist_missing(root) and download:
-        try:
-            import torchvision
+mnist, fashion_mnist, kmnist, emnist, cifar10 = (_register(source) for source in _SOURCES)
 
-            torchvision.datasets.MNIST(str(root), train=True, download=True)
-        except (RuntimeError, OSError, ValueError) as error:
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise DataError(
-                _missing_message(root, _mnist_missing(root), download_error=error, reason=reason)
-            ) from None
-    missing = _mnist_missing(root)
+
+def _read_source(source: _Source, root: Path, download: bool) -> dict:
+    """Read (after unpacking and, if asked, downloading) and check one source's files."""
+    folder = root / source.folder
+    _unpack_gz(folder, source.files)
+    if _missing(folder, source.files) and download:
+        _download(source, root)
+    missing = _missing(folder, source.files)
     if missing:
-        raise DataError(_missing_message(root, missing))
+        raise DataError(_missing_message(source, root, missing))
+    try:
+        data = source.read(folder, source)
+    except _READ_ERRORS as error:  # malformed files: the readers assert or raise
+        raise DataError(
+            f"Could not read the {source.title} files in {folder}: {type(error).__name__}: {error}. "
+            f"Replace them with the original files ({', '.join(source.files)})."
+        ) from None
+    for split, which in (("train", "training"), ("test", "test")):
+        images, labels = data[split]
+        if images.shape[0] == 0:
+            raise DataError(f"The {source.title} {which} files in {folder} hold no images.")
+        if labels.shape[0] != images.shape[0]:
+            raise DataError(
+                f"The {source.title} {which} files in {folder} hold {images.shape[0]} images but "
+                f"{labels.shape[0]} labels."
+            )
+    shapes = [tuple(data[split][0].shape[1:]) for split in ("train", "test")]
+    if shapes[0] != shapes[1]:
+        raise DataError(
+            f"The {source.title} training images in {folder} are {shapes[0]} but the test images "
+            f"are {shapes[1]}."
+        )
+    return data
 
+
+def _download(source: _Source, root: Path):
+    """Fetch ``source`` with torchvision; a failure raises the missing-files message."""
     import torchvision
 
-    out = []
-    for train in (True, False):
-        try:
-            ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
-            images, labels = ds.data, ds.targets
-        except _READ_ERRORS as error:  # malformed files: torchvision asserts or raises
-            raise DataError(
-                f"Could not read the MNIST {'training' if train else 'test'} files in {raw}: "
-                f"{type(error).__name__}: {error}. Replace them with the original IDX files "
-                f"({', '.join(MNIST_FILES)})."
-            ) from None
-        which = "training" if train else "test"
-        if images.dim() != 3 or images.shape[0] == 0:
-            raise DataError(
-                f"The MNIST {which} images in {raw} are empty or not (N, rows, cols) "
-                f"(got shape {tuple(images.shape)})."
-            )
-        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-            raise DataError(
-                f"The MNIST {which} files in {raw} hold {images.shape[0]} images but "
-                f"{labels.shape[0] if labels.dim() else 0} labels."
-            )
-        out += [images, labels.to(torch.int64)]
-    if out[0].shape[1:] != out[2].shape[1:]:
-        raise DataError(
-            f"The MNIST training images in {raw} are {tuple(out[0].shape[1:])} but the test "
-            f"images are {tuple(out[2].shape[1:])}."
-        )
-    return tuple(out)
+    try:
+        download_class = getattr(torchvision.datasets, source.cls)
+        download_class(str(root), train=True, download=True, **dict(source.options))
+    except (RuntimeError, OSError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        missing = _missing(root / source.folder, source.files)
+        message = _missing_message(source, root, missing, download_error=error, reason=reason)
+        raise DataError(message) from None
 
 
-def _mnist_missing(root: Path) -> list:
-    """Raw MNIST files absent from ``<root>/MNIST/raw`` (none if torchvision's .pt cache exists)."""
-    processed = root / "MNIST" / "processed"
-    if (processed / "training.pt").is_file() and (processed / "test.pt").is_file():
-        return []
-    raw = root / "MNIST" / "raw"
-    return [name for name in MNIST_FILES if not (raw / name).is_file()]
+def _missing(folder: Path, files: tuple) -> list:
+    return [name for name in files if not (folder / name).is_file()]
 
 
-def _unpack_gz(raw: Path):
-    """Unpack ``<name>.gz`` next to itself for each raw MNIST file present only as .gz."""
-    for name in MNIST_FILES:
-        target, packed = raw / name, raw / f"{name}.gz"
+def _unpack_gz(folder: Path, files: tuple):
+    """Unpack ``<name>.gz`` next to itself for each file present only as .gz."""
+    for name in files:
+        target, packed = folder / name, folder / f"{name}.gz"
         if target.is_file() or not packed.is_file():
             continue
-        partial = raw / f"{name}.partial"
+        partial = folder / f"{name}.partial"
         try:
             with gzip.open(packed, "rb") as src, open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst)
@@ -476,12 +743,12 @@ def _unpack_gz(raw: Path):
             ) from None
 
 
-def _missing_message(root: Path, missing: list, download_error=None, reason="") -> str:
-    raw = (root / "MNIST" / "raw").absolute()
-    wanted = "\n".join(f"  {raw / name}" for name in MNIST_FILES)
+def _missing_message(source: _Source, root: Path, missing: list, download_error=None, reason="") -> str:
+    folder = (root / source.folder).absolute()
+    wanted = "\n".join(f"  {folder / name}" for name in source.files)
     message = (
-        f"MNIST files not found in {raw} (missing: {', '.join(missing)}). Put the four "
-        f"uncompressed IDX files (or their .gz versions) at:\n{wanted}\n"
+        f"{source.title} files not found in {folder} (missing: {', '.join(missing)}). Put the "
+        f"{len(source.files)} {source.hint} at:\n{wanted}\n"
     )
     if download_error is None:
         return message + (
@@ -495,6 +762,217 @@ def _missing_message(root: Path, missing: list, download_error=None, reason="") 
     )
 
 
+# --------------------------------------------------------------------------------------
+# Users' own data
+
+
+@DATASETS.register("array")
+def array(
+    path: str,
+    key: str | None = None,
+    labels_path: str | None = None,
+    labels_key: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    binarize: str = "none",
+    binarize_seed: int = 0,
+    dequantize: bool = False,
+) -> Splits:
+    """Your own data: a ``.npy``, ``.npz`` or ``.pt`` file holding ``(N, *shape)`` numbers.
+
+    ``key`` picks the array of an ``.npz`` file or of a ``.pt`` file holding a dict of
+    tensors (default: its only entry). ``.npy``/``.npz`` files are read without pickles,
+    ``.pt`` files with ``torch.load(weights_only=True)``. uint8 data are divided by 255;
+    other numeric data are used as stored. Optional integer labels of shape ``(N,)``
+    come from ``labels_key`` in ``labels_path`` (default: the data file). Seeded
+    fractions ``val_fraction`` and ``test_fraction`` of the examples form val and test.
+    """
+    what = "dataset 'array'"
+    path = _path_option(path, "path", what, must_be="file")
+    if labels_path is not None:
+        labels_path = _path_option(labels_path, "labels_path", what, must_be="file")
+    checked = _check_preprocessing("array", split_seed, binarize, binarize_seed, dequantize)
+    fractions = _check_fractions(what, val_fraction, test_fraction)
+    stored = _to_tensor(_read_array(path, key, "key"), path)
+    if stored.dim() < 2 or stored.shape[0] == 0:
+        raise DataError(
+            f"{path} must hold data of shape (N, *shape) with N >= 1, got shape {tuple(stored.shape)} "
+            "(a vector of N numbers needs shape (N, 1))."
+        )
+    x = stored.to(torch.float32)
+    if stored.dtype == torch.uint8:
+        x /= 255
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise DataError(f"{path} holds {bad} NaN or infinite values; clean or drop those examples.")
+    y = None
+    if labels_path is not None or labels_key is not None:
+        source = labels_path or path
+        y = _to_tensor(_read_array(source, labels_key, "labels_key"), source)
+        if y.is_floating_point() or y.is_complex() or y.shape != (len(x),):
+            raise DataError(
+                f"The labels in {source} must be integers of shape ({len(x)},), got {y.dtype} of "
+                f"shape {tuple(y.shape)}."
+            )
+    info = {
+        "name": "array",
+        "source": str(path),
+        "key": key,
+        "labels_path": None if labels_path is None else str(labels_path),
+        "labels_key": labels_key,
+        "scale": "uint8 0..255 divided by 255" if stored.dtype == torch.uint8 else "as stored",
+    }
+    return _user_splits(x, y, info, what, fractions, *checked)
+
+
+@DATASETS.register("folder")
+def folder(
+    path: str,
+    mode: str = "grayscale",
+    size: int | list | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    binarize: str = "none",
+    binarize_seed: int = 0,
+    dequantize: bool = False,
+) -> Splits:
+    """Your own images: every PNG/JPEG file under the folder ``path``, as ``(N, C, H, W)`` in ``[0, 1]``.
+
+    ``mode``: ``"grayscale"`` (C = 1) or ``"rgb"`` (C = 3). The images must share one size
+    unless ``size`` (``S`` or ``[H, W]``) resizes them all (bilinear). Files are taken in
+    sorted path order; if every image sits in a direct subfolder of ``path`` (one per
+    class, as for torchvision's ImageFolder), the sorted subfolder names give labels
+    ``0..K-1`` (``info["class_names"]``). Seeded fractions ``val_fraction`` and
+    ``test_fraction`` of the images form val and test.
+    """
+    what = "dataset 'folder'"
+    root = _path_option(path, "path", what, must_be="folder")
+    if mode not in ("grayscale", "rgb"):
+        raise ConfigError(f"Option 'mode' of {what} must be 'grayscale' or 'rgb', got {mode!r}.")
+    size = _check_size(size, what)
+    checked = _check_preprocessing("folder", split_seed, binarize, binarize_seed, dequantize)
+    fractions = _check_fractions(what, val_fraction, test_fraction)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)} files) found under {root}.")
+    images = [_read_image(p, mode, size) for p in files]
+    for p, image in zip(files, images):
+        if image.shape != images[0].shape:
+            raise DataError(
+                f"The images under {root} differ in size: {files[0].name} is {images[0].shape[1]}x"
+                f"{images[0].shape[0]} but {p.relative_to(root)} is {image.shape[1]}x{image.shape[0]} "
+                "(width x height); set the dataset option 'size' (e.g. size: [64, 64]) to resize them."
+            )
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    classes = sorted({p.parent.name for p in files}) if all(p.parent.parent == root for p in files) else None
+    y = None
+    if classes:
+        number = {name: k for k, name in enumerate(classes)}
+        y = torch.tensor([number[p.parent.name] for p in files], dtype=torch.int64)
+    info = {
+        "name": "folder",
+        "source": str(root),
+        "mode": mode,
+        "size": None if size is None else list(size),
+        "scale": "pixel values 0..255 divided by 255",
+        "class_names": classes,
+    }
+    return _user_splits(x, y, info, what, fractions, *checked)
+
+
+def _read_array(path: Path, key, option: str):
+    """The array or tensor in ``path``; ``key`` picks one from an .npz file or a .pt dict."""
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz", ".pt"):
+        raise DataError(f"{path} is not a .npy, .npz or .pt file; save the data with numpy or torch.save.")
+    try:
+        if suffix == ".pt":
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                stored = {name: archive[name] for name in archive.files}
+        else:
+            stored = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise DataError(
+            f"Could not read {path}: {type(error).__name__}: {str(error).strip()[:300]}. Object "
+            "arrays and pickled Python objects are refused; save plain numeric arrays or tensors."
+        ) from None
+    if not isinstance(stored, dict):
+        if key is not None:
+            raise ConfigError(
+                f"Option '{option}' applies to .npz files and .pt dicts; {path} holds one array."
+            )
+        return stored
+    names = ", ".join(map(str, stored))
+    if key is None:
+        if len(stored) != 1:
+            raise DataError(
+                f"{path} holds {len(stored)} arrays ({names}); choose one with option '{option}'."
+            )
+        key = next(iter(stored))
+    if key not in stored:
+        raise DataError(f"{path} has no array '{key}' (option '{option}'); it holds: {names}.")
+    return stored[key]
+
+
+def _to_tensor(value, path: Path) -> torch.Tensor:
+    """A numeric (bool, integer or real) numpy array or tensor as a tensor."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor) or value.is_complex():
+        kind = value.dtype if isinstance(value, (np.ndarray, torch.Tensor)) else type(value).__name__
+        raise DataError(f"{path} holds {kind} values, not numbers (bool, integer or real).")
+    return value
+
+
+def _read_image(path: Path, mode: str, size) -> np.ndarray:
+    """One image as a uint8 ``(H, W, C)`` array."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if mode == "grayscale" else "RGB")
+            if size is not None:
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(image).reshape(image.height, image.width, -1)
+    except (OSError, ValueError) as error:
+        raise DataError(f"Could not read the image {path}: {type(error).__name__}: {error}.") from None
+
+
+def _user_splits(x, y, info, what, fractions, split_seed, binarize, binarize_seed, dequantize) -> Splits:
+    """Split users' data by seeded fractions and binarise them, checking the values allow it."""
+    if binarize != "none" and (x.min() < 0 or x.max() > 1):
+        raise DataError(f"binarize: {binarize} in {what} needs values in [0, 1]; the data span "
+                        f"[{float(x.min()):g}, {float(x.max()):g}].")
+    if dequantize and (x.min() < 0 or x.max() > 1 or (x * 255 - torch.round(x * 255)).abs().max() > 1e-3):
+        raise DataError(f"dequantize: true in {what} needs 8-bit data (values k / 255 in [0, 1]).")
+    n = len(x)
+    n_val, n_test = (round(n * f) for f in fractions)
+    if n_val + n_test >= n:
+        raise ConfigError(
+            f"val_fraction and test_fraction of {what} leave no training examples out of {n}; lower them."
+        )
+    x = _apply_binarize(x, binarize, binarize_seed)
+    idx = split_indices(n, {"test": n_test, "val": n_val, "train": None}, split_seed)
+    info = {
+        **info,
+        "data_shape": [int(s) for s in x.shape[1:]],
+        "split": "seeded permutation of all examples: test, val, rest -> train",
+        "split_seed": split_seed,
+        "val_fraction": fractions[0],
+        "test_fraction": fractions[1],
+    }
+    data = {split: (x[i], None if y is None else y[i]) for split, i in idx.items()}
+    return _make_splits(data, info, binarize, binarize_seed, dequantize)
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+
+
 def _apply_binarize(x: torch.Tensor, mode: str, seed: int, stream: int = 0) -> torch.Tensor:
     """Binarise at load time; a static draw uses sub-stream ``stream`` of ``seed``."""
     if mode == "static":
@@ -504,15 +982,18 @@ def _apply_binarize(x: torch.Tensor, mode: str, seed: int, stream: int = 0) -> t
     return x  # "dynamic" and "none" keep grey levels
 
 
-def _make_splits(data: dict, info: dict, binarize: str, binarize_seed: int) -> Splits:
-    """``data`` maps each split to ``(images, labels)``; completes ``info``."""
+def _make_splits(data: dict, info: dict, binarize="none", binarize_seed=None, dequantize=False, factors=None):
+    """``data`` maps each split to ``(examples, labels)``, ``factors`` (optional) each split
+    to its factors; completes ``info``."""
     info = dict(info)
     info["sizes"] = {split: int(data[split][0].shape[0]) for split in _SPLITS}
     info["binarize"] = binarize
     info["binarize_seed"] = binarize_seed if binarize == "static" else None
+    info["dequantize"] = dequantize
     tensors = {split: data[split][0].contiguous() for split in _SPLITS}
     labels = {f"{split}_labels": data[split][1] for split in _SPLITS}
-    return Splits(**tensors, **labels, data_shape=tuple(info["data_shape"]), info=info)
+    per_split_factors = {f"{split}_factors": (factors or {}).get(split) for split in _SPLITS}
+    return Splits(**tensors, **labels, **per_split_factors, data_shape=tuple(info["data_shape"]), info=info)
 
 
 def _derive_seed(seed: int, stream: int) -> int:
@@ -529,9 +1010,63 @@ def _check_binarize(mode, dataset: str) -> str:
     return mode
 
 
+def _check_preprocessing(name: str, split_seed, binarize, binarize_seed, dequantize) -> tuple:
+    """The checked ``(split_seed, binarize, binarize_seed, dequantize)`` options of dataset ``name``."""
+    what = f"dataset '{name}'"
+    split_seed = _check_int("split_seed", split_seed, minimum=0, what=what)
+    binarize = _check_binarize(binarize, name)
+    binarize_seed = _check_int("binarize_seed", binarize_seed, minimum=0, what=what)
+    if not isinstance(dequantize, bool):
+        raise ConfigError(f"Option 'dequantize' of {what} must be true or false, got {dequantize!r}.")
+    if dequantize and binarize != "none":
+        raise ConfigError(
+            f"Option 'dequantize' of {what} needs binarize: none (dequantised data are continuous), "
+            f"got binarize: {binarize}."
+        )
+    return split_seed, binarize, binarize_seed, dequantize
+
+
+def _check_fractions(what: str, *fractions) -> tuple:
+    """``(val_fraction, test_fraction)`` as floats in ``[0, 1)``."""
+    for name, value in zip(("val_fraction", "test_fraction"), fractions):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ConfigError(f"Option '{name}' of {what} must be a number in [0, 1), got {value!r}.")
+    return tuple(float(f) for f in fractions)
+
+
+def _check_size(size, what: str):
+    """``None``, ``S`` or ``[H, W]`` -> ``None`` or ``(H, W)``."""
+    if size is None:
+        return None
+    sizes = [size, size] if isinstance(size, int) else size
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != 2 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
+    ):
+        raise ConfigError(
+            f"Option 'size' of {what} must be a positive integer or [height, width], got {size!r}."
+        )
+    return tuple(sizes)
+
+
+def _path_option(value, option: str, what: str, must_be: str | None = None) -> Path:
+    """A path option as a ``Path``; ``must_be`` ("file" or "folder") checks that it exists."""
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise ConfigError(f"Option '{option}' of {what} must be a path, got {value!r}.")
+    path = Path(value).expanduser()
+    if must_be == "file" and not path.is_file():
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"Option '{option}' of {what}: {path} {problem}.")
+    if must_be == "folder" and not path.is_dir():
+        raise DataError(f"Option '{option}' of {what}: {path} is not a folder.")
+    return path
+
+
 def _check_int(name: str, value, minimum: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ConfigError(f"Option '{name}' of {what} must be an integer, got {value!r}.")
     if value < minimum:
         raise ConfigError(f"Option '{name}' of {what} must be >= {minimum}, got {value}.")
     return int(value)
+
+
+from . import sprites as _sprites  # noqa: E402, F401  (registers the "sprites" dataset)
