@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command: ``train``, ``evaluate`` and ``list``.
+"""The ``pyro-vae`` command: ``train``, ``evaluate``, ``list``, ``plot`` and ``sample``.
 
 Bad input (unknown names, invalid values, missing files) prints one paragraph on
 stderr and exits with status 2; nothing is half-written.
@@ -31,6 +31,18 @@ def _parser():
     evaluate.add_argument("--no-progress", action="store_true")
 
     commands.add_parser("list", help="list the registered datasets, priors, likelihoods, ...")
+
+    plot = commands.add_parser("plot", help="write the figures of a run into RUN_DIR/figures")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out-dir", help="folder for the PNGs (default: RUN_DIR/figures)")
+    plot.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+
+    sample = commands.add_parser("sample", help="write an image grid of samples from a run's model")
+    sample.add_argument("run_dir")
+    sample.add_argument("-n", "--num-samples", type=int, default=64, help="number of samples (default 64)")
+    sample.add_argument("--out", help="PNG file (default: RUN_DIR/figures/samples-N.png)")
+    sample.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of the mean E[x|z]")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
     return parser
 
 
@@ -65,10 +77,26 @@ def _list(_args):
         print(f"{registry.kind}s: {', '.join(registry.names())}")
 
 
+def _plot(args):
+    from .plots import plot_run
+
+    for path in plot_run(args.run_dir, args.out_dir, seed=args.seed).values():
+        print(path)
+
+
+def _sample(args):
+    from .plots import sample_grid
+
+    if args.num_samples < 1:
+        raise PyroVAEError(f"-n must be a positive number of samples, got {args.num_samples}.")
+    print(sample_grid(args.run_dir, args.num_samples, args.out, mean=not args.draw, seed=args.seed))
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "evaluate": _evaluate, "list": _list}[args.command](args)
+        handlers = {"train": _train, "evaluate": _evaluate, "list": _list, "plot": _plot, "sample": _sample}
+        handlers[args.command](args)
     except PyroVAEError as error:
         print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
         return 2

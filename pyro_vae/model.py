@@ -39,7 +39,7 @@ from .networks import build_network
 from .priors import build_prior
 
 LOGVAR_BOUND = 30.0
-"""|log σ²| of Gaussian latents is clamped to this bound, so exp() cannot overflow."""
+"""``|log σ²|`` of Gaussian latents is clamped to this bound, so exp() cannot overflow."""
 
 INFERENCE = ("bottom-up", "top-down")
 
@@ -210,11 +210,16 @@ class VAE(nn.Module):
         return self.likelihood.mean(self.decoder(gaussian_params(self.encoder(x))[0]))
 
     @torch.no_grad()
-    def decode_top(self, z_top, mean=True):
-        """E[x|z_1] (``mean=True``) or x ~ p(x|z_1), with z_1 drawn down the hierarchy from z_L."""
+    def decode_top(self, z_top, mean=True, sample_layers=True):
+        """E[x|z_1] (``mean=True``) or x ~ p(x|z_1), with z_1 reached from the top layer's z_L.
+
+        The layers in between are drawn from p(z_l|z_{l+1}) (``sample_layers=True``) or set
+        to their means, which makes the output a deterministic function of z_L (traversals).
+        """
         z = z_top
         for net in reversed(self.downward):
-            z = diagonal_normal(*gaussian_params(net(z))).sample()
+            loc, logvar = gaussian_params(net(z))
+            z = diagonal_normal(loc, logvar).sample() if sample_layers else loc
         params = self.decoder(z)
         return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
 

@@ -1,5 +1,27 @@
-"""Matplotlib figures of a VAE. Every function returns a ``Figure``; nothing opens a window."""
+"""Matplotlib figures of a VAE and of a run. Every ``plot_*`` function returns a ``Figure``;
+nothing opens a window (the Agg backend is selected on import).
 
+Figures of a model (``vae``, data ``x`` of shape ``(N, *data_shape)``):
+
+* :func:`plot_reconstructions`: inputs with their reconstructions E[x | z = μ(x)] below;
+* :func:`plot_samples`: a grid of samples from the prior, E[x|z] or x ~ p(x|z);
+* :func:`plot_traversals`: one row per dimension of the **top** latent layer, sorted by its
+  KL (most informative first), moving z_d across the prior from the posterior mean of
+  one input and decoding along the path of means;
+* :func:`plot_latent_space`: posterior means of the top layer in 2-D (PCA above two
+  dimensions), coloured by label;
+* :func:`plot_kl_per_dimension`: average KL(q ‖ p) per latent dimension, one panel per layer;
+* :func:`plot_reconstructions_and_samples`: inputs, reconstructions and samples in three rows.
+
+Figures of a run: :func:`plot_training_curves` (``metrics.jsonl``) and
+:func:`plot_marginal_diagnostics` / :func:`plot_estimate_vs_samples` (importance sampling).
+:func:`plot_run` writes them all into ``RUN_DIR/figures`` (``pyro-vae plot``).
+
+Data of image shape (``(H, W)``, ``(1|3, H, W)`` or a flat square vector of at least 8×8,
+see :func:`as_images`) are drawn as images; other data as line plots of each vector.
+"""
+
+import json
 import math
 from pathlib import Path
 
@@ -9,8 +31,15 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from pyro import poutine  # noqa: E402
+from torch.distributions import Independent, Normal, kl_divergence  # noqa: E402
 
 DPI = 120
+MAX_FIGURE_INCHES = 16.0
+"""Image grids are scaled down to at most this width and height (at :data:`DPI`)."""
+ACTIVE_VARIANCE = 0.01
+"""A dimension is 'active' when the variance over x of its posterior mean exceeds this (Burda et al.)."""
 
 
 def save_figure(figure, path):
@@ -25,10 +54,11 @@ def save_figure(figure, path):
 def as_images(x, data_shape):
     """``(n, *data_shape)`` -> ``(n, H, W)`` or ``(n, H, W, 3)`` numpy images, or ``None``.
 
-    Image-like shapes are ``(H, W)``, ``(1|3, H, W)`` and flat vectors of a square length.
+    Image-like shapes are ``(H, W)``, ``(1|3, H, W)`` and flat vectors of a square length
+    of at least 64 (8×8); anything else (e.g. ``(10,)``) gives ``None``.
     """
     x = x.detach().float().cpu()
-    if len(data_shape) == 1 and math.isqrt(data_shape[0]) ** 2 == data_shape[0]:
+    if len(data_shape) == 1 and data_shape[0] >= 64 and math.isqrt(data_shape[0]) ** 2 == data_shape[0]:
         side = math.isqrt(data_shape[0])
         return x.reshape(-1, side, side).numpy()
     if len(data_shape) == 2:
@@ -38,6 +68,163 @@ def as_images(x, data_shape):
     if len(data_shape) == 3 and data_shape[0] == 3:
         return x.permute(0, 2, 3, 1).clamp(0, 1).numpy()
     return None
+
+
+# --------------------------------------------------------------------------------------
+# Helpers: image grids, decoding, latent statistics
+
+
+def _value_range(images):
+    """(0, 1) for data in the unit interval, else the data's own range."""
+    lo, hi = float(np.nanmin(images)), float(np.nanmax(images))
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.0
+    return lo, hi if hi > lo else lo + 1
+
+
+SEPARATOR = (0.82, 0.82, 0.86)
+"""Colour of the lines between the images of a grid (empty cells are white)."""
+
+
+def _to_rgb(images, vmin, vmax):
+    """Grey ``(n, H, W)`` images scaled from ``[vmin, vmax]`` (or RGB ``(n, H, W, 3)``) as RGB in [0, 1];
+    NaN images (padding) stay NaN."""
+    if images.ndim == 4:
+        return np.clip(images, 0, 1)
+    grey = np.clip((images - vmin) / (vmax - vmin), 0, 1)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _montage(images, nrows, ncols, scale=1, pad=1):
+    """Tile ``(n, H, W, 3)`` RGB images into one RGB array, each image enlarged ``scale`` times
+    (nearest neighbour) and separated by ``pad`` pixels; cells without an image (or with a
+    NaN image) are white."""
+    n, h, w = images.shape[:3]
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    out = np.empty((nrows * (h + pad) - pad, ncols * (w + pad) - pad, 3), dtype=np.float32)
+    out[:] = SEPARATOR
+    for i in range(nrows * ncols):
+        r, c = divmod(i, ncols)
+        top, left = r * (h + pad), c * (w + pad)
+        if i < n and not np.isnan(images[i]).all():
+            out[top : top + h, left : left + w] = images[i]
+        else:  # an empty cell: white, with the separators to its right and below
+            out[top : top + h + pad, left : left + w + pad] = 1.0
+    return out
+
+
+def _grid_figure(images, nrows, ncols, cell_inches=None, extra=(0.0, 0.0)):
+    """A figure with one axes showing ``images`` tiled in ``nrows`` × ``ncols``.
+
+    Returns ``(figure, ax, (cell_height, cell_width, pad))``: the pitch of the cells and the
+    width of the separators in the axes' data units (see :func:`_centres`).
+    """
+    h, w = images.shape[1:3]
+    if cell_inches is None:
+        cell_inches = float(np.clip(max(h, w) / 28, 0.55, 1.1))
+    width, height = MAX_FIGURE_INCHES - extra[0], MAX_FIGURE_INCHES - extra[1]
+    cell_inches = min(cell_inches, width / ncols, height / nrows)
+    figure = plt.figure(figsize=(ncols * cell_inches + extra[0], nrows * cell_inches * h / w + extra[1]))
+    ax = figure.add_axes((0, 0, 1, 1)) if extra == (0.0, 0.0) else figure.add_subplot()
+    finite = images[np.isfinite(images)]
+    vmin, vmax = _value_range(finite) if finite.size else (0.0, 1.0)
+    scale = max(1, math.ceil(32 / max(h, w)))  # enlarge small images, for separators thinner than a pixel
+    pad = max(1, scale // 2)
+    ax.imshow(_montage(_to_rgb(images, vmin, vmax), nrows, ncols, scale, pad), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    return figure, ax, (h * scale + pad, w * scale + pad, pad)
+
+
+def _centres(count, pitch, pad):
+    """Data coordinates of the centres of ``count`` cells of a grid from :func:`_grid_figure`."""
+    return [(i + 0.5) * pitch - 0.5 - pad / 2 for i in range(count)]
+
+
+def _cpu(t):
+    return t.detach().float().cpu()
+
+
+@torch.no_grad()
+def posterior_means(vae, x, batch_size=1024):
+    """Means of q for every layer along the path of means: ``{site: (N, d) tensor}``."""
+    parts = [vae.encode_layers(xb) for xb in x.split(batch_size)]
+    return {site: torch.cat([p[layer][0] for p in parts]) for layer, site in enumerate(vae.sites)}
+
+
+def _factorised(fn):
+    """The univariate base of a ``Independent(base, 1)`` distribution, or None."""
+    if isinstance(fn, Independent) and fn.reinterpreted_batch_ndims == 1 and fn.base_dist.event_shape == ():
+        return fn.base_dist
+    return None
+
+
+@torch.no_grad()
+def kl_per_dimension(vae, x, num_particles=8, batch_size=512):
+    """Average KL(q ‖ p) per latent dimension and layer, in nats per data point.
+
+    Returns ``{site: (d,) numpy array or None}``. Each dimension's term is
+    E_x E_q[log q(z_d | ·) − log p(z_d | ·)] (unscaled by β), so the entries of all layers
+    add up to the KL part of the ELBO. For the top layer with Gaussian q and a Gaussian
+    prior the KL is exact per draw; lower layers (whose prior depends on the layer above)
+    use ``num_particles`` Monte Carlo draws per point. ``None`` marks a layer whose prior
+    does not factorise over dimensions (mixture, VampPrior, flow): there is no
+    per-dimension KL, see :func:`posterior_means` for a substitute.
+    """
+    top = vae.sites[-1]
+    sums = {site: 0.0 for site in vae.sites}
+    for xb in x.split(max(1, batch_size // num_particles)):
+        xs = xb.repeat((num_particles,) + (1,) * (xb.dim() - 1))
+        with poutine.block():
+            guide = poutine.trace(vae.guide).get_trace(xs)
+            model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(xs)
+        for site in vae.sites:
+            if sums[site] is None:
+                continue
+            q, p = _factorised(guide.nodes[site]["fn"]), _factorised(model.nodes[site]["fn"])
+            if q is None or p is None:
+                sums[site] = None
+                continue
+            if site == top and isinstance(q, Normal) and isinstance(p, Normal):
+                kl = kl_divergence(q, p)
+            else:
+                value = guide.nodes[site]["value"]
+                kl = q.log_prob(value) - p.log_prob(value)
+            sums[site] = sums[site] + kl.double().sum(0).cpu()
+    count = len(x) * num_particles
+    return {site: None if s is None else (s / count).numpy() for site, s in sums.items()}
+
+
+def dimension_scores(vae, x, num_particles=8):
+    """Per-dimension activity of each layer: ``{site: (values, label)}``.
+
+    The KL of :func:`kl_per_dimension` where it exists, else the variance over ``x`` of the
+    posterior means (a dimension the decoder ignores has both close to 0).
+    """
+    kl = kl_per_dimension(vae, x, num_particles)
+    means = None
+    out = {}
+    for site in vae.sites:
+        if kl[site] is not None:
+            out[site] = (kl[site], "KL(q ‖ p) [nats]")
+        else:
+            means = posterior_means(vae, x) if means is None else means
+            out[site] = (_cpu(means[site]).double().var(0).numpy(), "variance of posterior mean")
+    return out
+
+
+def _is_standard_normal(vae):
+    from .priors import StandardNormal
+
+    return isinstance(vae.prior, StandardNormal)
+
+
+# --------------------------------------------------------------------------------------
+# Figures of a model
 
 
 def _show_row(axes, images, vectors, label):
@@ -72,6 +259,340 @@ def plot_reconstructions_and_samples(vae, x, num_samples=None):
         for ax in axes[row, len(values):]:
             ax.axis("off")
     figure.suptitle("Inputs, reconstructions and samples from the prior", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def _vector_grid(n, ncols, width=2.2, height=1.5):
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    figure, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.5),
+                                squeeze=False, sharex=True, sharey=True)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return figure, axes.flat[:n]
+
+
+def plot_reconstructions(vae, x, ncols=8):
+    """Inputs with their reconstructions E[x | z_1 = μ_1(x)] (rows alternate input / reconstruction).
+
+    Non-image data: one panel per point with the input and its reconstruction as lines.
+    """
+    x = x[: max(1, len(x))]
+    recon = _cpu(vae.reconstruct(x))
+    x = _cpu(x)
+    n = len(x)
+    ncols = min(ncols, n)
+    inputs, outputs = as_images(x, vae.data_shape), as_images(recon, vae.data_shape)
+    if inputs is None:
+        figure, axes = _vector_grid(n, min(ncols, 4), width=2.8)
+        for i, ax in enumerate(axes):
+            ax.plot(x[i].reshape(-1).numpy(), color="0.3", lw=1.2, label="input")
+            ax.plot(recon[i].reshape(-1).numpy(), color="C1", lw=1.2, ls="--", label="reconstruction")
+            ax.tick_params(labelsize=7)
+            ax.set_title(f"point {i}", fontsize=8)
+        axes[0].legend(fontsize=7, loc="best")
+        figure.suptitle("Inputs and reconstructions E[x | z = μ(x)]", fontsize=10)
+        figure.tight_layout()
+        return figure
+    blocks = math.ceil(n / ncols)
+    pairs = []
+    for b in range(blocks):
+        row_in, row_out = inputs[b * ncols : (b + 1) * ncols], outputs[b * ncols : (b + 1) * ncols]
+        fill = np.full((ncols - len(row_in),) + inputs.shape[1:], np.nan, dtype=np.float32)
+        pairs += [np.concatenate([row_in, fill]), np.concatenate([row_out, fill])]
+    figure, ax, cell = _grid_figure(np.concatenate(pairs), 2 * blocks, ncols, extra=(1.0, 0.5))
+    ax.set_yticks(_centres(2 * blocks, cell[0], cell[2]))
+    ax.set_yticklabels(["input", "recon."] * blocks, fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_title("Inputs and reconstructions E[x | z = μ(x)]", fontsize=10)
+    return figure
+
+
+def plot_samples(vae, num_samples=64, ncols=None, mean=True):
+    """A grid of ``num_samples`` draws from the model: E[x|z] (``mean=True``) or x ~ p(x|z).
+
+    Non-image data: the first vectors as lines and all of them as a heat map (rows = samples).
+    """
+    samples = _cpu(vae.sample(num_samples, mean=mean))
+    what = "E[x | z]" if mean else "x ~ p(x | z)"
+    images = as_images(samples, vae.data_shape)
+    if images is None:
+        flat = samples.reshape(num_samples, -1).numpy()
+        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+        shown = min(num_samples, 20)
+        for i in range(shown):
+            left.plot(flat[i], lw=0.9, alpha=0.8)
+        left.set_xlabel("feature")
+        left.set_ylabel("value")
+        left.set_title(f"{shown} of {num_samples} samples", fontsize=9)
+        mesh = right.imshow(flat, aspect="auto", interpolation="nearest", cmap="viridis")
+        right.set_xlabel("feature")
+        right.set_ylabel("sample")
+        right.set_title(f"all {num_samples} samples", fontsize=9)
+        figure.colorbar(mesh, ax=right)
+        figure.suptitle(f"Samples {what}, z ~ p(z)", fontsize=10)
+        figure.tight_layout()
+        return figure
+    ncols = ncols or math.ceil(math.sqrt(num_samples))
+    nrows = math.ceil(num_samples / ncols)
+    figure, ax, _ = _grid_figure(images, nrows, ncols, extra=(0.0, 0.4))
+    ax.set_title(f"{num_samples} samples {what}, z ~ p(z)", fontsize=10)
+    return figure
+
+
+def traversal_values(vae, x, steps=9, span=3.0):
+    """The values each top-layer dimension takes in a traversal: ``(d, steps)`` tensor.
+
+    ``[−span, span]`` under a standard normal prior; otherwise the aggregate posterior's
+    mean ± ``span`` standard deviations per dimension (estimated on ``x``).
+    """
+    d = vae.latent_dims[-1]
+    grid = torch.linspace(-span, span, steps)
+    if _is_standard_normal(vae):
+        return grid.expand(d, steps).clone()
+    with torch.no_grad():
+        loc, logvar = zip(*(vae.encode(xb) for xb in x.split(1024)))
+    loc, var = _cpu(torch.cat(loc)), _cpu(torch.cat(logvar)).exp()
+    centre = loc.mean(0)
+    scale = (loc.var(0, unbiased=False) + var.mean(0)).sqrt()
+    return centre[:, None] + scale[:, None] * grid[None, :]
+
+
+def plot_traversals(vae, x, index=0, steps=9, span=3.0, max_dims=None, scores=None):
+    """Latent traversals of the top layer: one row per dimension, sorted by KL (largest first).
+
+    Starting from the posterior mean μ(x[index]) of the top layer, dimension d is set to each
+    of :func:`traversal_values` and decoded along the path of means
+    (``vae.decode_top(z, sample_layers=False)``); the other dimensions keep their
+    posterior-mean values. ``x`` (validation data) also
+    ranks the dimensions (``scores``: precomputed ``(values, label)`` of
+    :func:`dimension_scores` for the top layer). ``max_dims`` limits the rows.
+    """
+    top = vae.sites[-1]
+    values, label = scores if scores is not None else dimension_scores(vae, x)[top]
+    order = np.argsort(-np.asarray(values), kind="stable")[: max_dims or len(values)]
+    grid = traversal_values(vae, x, steps, span)
+    device = x.device
+    with torch.no_grad():
+        base = vae.encode(x[index : index + 1])[0][0]
+        z = base.repeat(len(order), steps, 1)
+        for row, dim in enumerate(order):
+            z[row, :, dim] = grid[dim].to(device)
+        decoded = _cpu(vae.decode_top(z.reshape(len(order) * steps, -1), sample_layers=False))
+    short = "KL" if label.startswith("KL") else "var"
+    row_labels = [f"{top}[{d}]  {short} {values[d]:.2f}" for d in order]
+    images = as_images(decoded, vae.data_shape)
+    layer = "top-layer " if len(vae.sites) > 1 else ""
+    title = f"Traversals of the {layer}latent dimensions (sorted by {label.split(' [')[0]})"
+    if images is None:
+        cmap = plt.get_cmap("viridis")
+        flat = decoded.reshape(len(order), steps, -1).numpy()
+        figure, axes = _vector_grid(len(order), 4, width=2.8, height=1.8)
+        for row, ax in enumerate(axes):
+            for s in range(steps):
+                ax.plot(flat[row, s], color=cmap(s / max(steps - 1, 1)), lw=1.0)
+            ax.set_title(row_labels[row], fontsize=8)
+            ax.tick_params(labelsize=7)
+        colours = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(-span, span))
+        figure.suptitle(title, fontsize=10)
+        figure.tight_layout()
+        unit = "z_d" if _is_standard_normal(vae) else "z_d (s.d. of the aggregate posterior)"
+        figure.colorbar(colours, ax=list(axes), label=unit, shrink=0.8)
+        return figure
+    figure, ax, (ch, cw, pad) = _grid_figure(images, len(order), steps, extra=(1.6, 0.7))
+    ax.set_yticks(_centres(len(order), ch, pad))
+    ax.set_yticklabels(row_labels, fontsize=8)
+    ax.set_xticks(_centres(steps, cw, pad))
+    if _is_standard_normal(vae):
+        ax.set_xticklabels([f"{v:+.1f}" for v in grid[0].tolist()], fontsize=7)
+        ax.set_xlabel("z_d", fontsize=9)
+    else:
+        ax.set_xticklabels([f"{v:+.1f}" for v in np.linspace(-span, span, steps)], fontsize=7)
+        ax.set_xlabel("z_d in standard deviations of the aggregate posterior", fontsize=9)
+    ax.tick_params(length=0)
+    ax.set_title(title, fontsize=10)
+    return figure
+
+
+def _pca(codes):
+    centred = codes - codes.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    explained = s**2 / max((s**2).sum(), 1e-300)
+    return centred @ vt[:2].T, explained[:2]
+
+
+def plot_latent_space(vae, x, labels=None, class_names=None, max_points=2000):
+    """Posterior means of the top layer for (up to ``max_points`` of) ``x``, coloured by ``labels``.
+
+    Two dimensions are shown as they are; more are projected on their first two principal
+    components (PCA); one dimension is shown against the label (or as a histogram).
+    """
+    x = x[:max_points]
+    codes = _cpu(posterior_means(vae, x)[vae.sites[-1]]).double().numpy()
+    if labels is not None:
+        labels = labels[: len(x)]
+        labels = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels).astype(np.int64)
+    d = codes.shape[1]
+    figure, ax = plt.subplots(figsize=(5.8, 4.8))
+    site = vae.sites[-1]
+    if d == 1:
+        if labels is None:
+            ax.hist(codes[:, 0], bins=40, color="C0")
+            ax.set_ylabel("data points")
+        else:
+            jitter = np.random.default_rng(0).uniform(-0.25, 0.25, len(codes))
+            ax.scatter(codes[:, 0], labels + jitter, s=6, alpha=0.6, c=labels, cmap="tab10")
+            ax.set_ylabel("label")
+        ax.set_xlabel(f"E_q[{site}]")
+    else:
+        if d == 2:
+            xy, names = codes, (f"E_q[{site}][0]", f"E_q[{site}][1]")
+        else:
+            xy, explained = _pca(codes)
+            names = tuple(f"PC{i + 1} of E_q[{site}] ({100 * e:.0f}% of variance)"
+                          for i, e in enumerate(explained))
+        if labels is None:
+            ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6, color="C0")
+        else:
+            classes = np.unique(labels)
+            if len(classes) <= 10:
+                for k in classes:
+                    name = class_names[k] if class_names is not None and 0 <= k < len(class_names) else str(k)
+                    ax.scatter(*xy[labels == k].T, s=6, alpha=0.7, color=plt.get_cmap("tab10")(int(k) % 10),
+                               label=name)
+                ax.legend(fontsize=7, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                          title="label", title_fontsize=8)
+            else:
+                points = ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.7, c=labels, cmap="viridis")
+                figure.colorbar(points, ax=ax, label="label")
+        ax.set_xlabel(names[0], fontsize=9)
+        ax.set_ylabel(names[1], fontsize=9)
+    layer = "top-layer " if len(vae.sites) > 1 else ""
+    ax.set_title(f"Posterior means of the {layer}latents ({len(codes)} points)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_kl_per_dimension(vae, x, scores=None):
+    """Bar chart of the KL per latent dimension (one panel per layer, bottom layer first).
+
+    Layers without a per-dimension KL (non-factorised priors) show the variance of the
+    posterior means, with the usual activity threshold 0.01. ``scores``: precomputed
+    :func:`dimension_scores`.
+    """
+    scores = scores if scores is not None else dimension_scores(vae, x)
+    sites = list(vae.sites)
+    widths = [max(2.0, 0.35 * len(scores[s][0]) + 1.2) for s in sites]
+    figure, axes = plt.subplots(1, len(sites), figsize=(sum(widths), 3.2), squeeze=False,
+                                gridspec_kw={"width_ratios": widths})
+    for ax, site in zip(axes[0], sites):
+        values, label = scores[site]
+        is_kl = label.startswith("KL")
+        ax.bar(np.arange(len(values)), values, color="C0" if is_kl else "C2")
+        if not is_kl:
+            ax.axhline(ACTIVE_VARIANCE, color="k", ls="--", lw=0.8, label=f"active > {ACTIVE_VARIANCE}")
+            ax.legend(fontsize=7)
+        ax.set_xticks(np.arange(len(values)))
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel(f"dimension of {site}", fontsize=9)
+        ax.set_ylabel(label, fontsize=9)
+        active = int((values > ACTIVE_VARIANCE).sum())
+        total = f"total {np.sum(values):.2f} nats" if is_kl else f"{active} active"
+        ax.set_title(f"{site}: {total}", fontsize=9)
+    figure.suptitle("KL per latent dimension (validation data, β = 1)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+# --------------------------------------------------------------------------------------
+# Figures of a run
+
+
+def read_metrics(path):
+    """The records of a ``metrics.jsonl`` file (one JSON object per line) as a list of dicts."""
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _series(records, key):
+    """(epochs, values) of a scalar metric, skipping records without it."""
+    points = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return tuple(map(np.asarray, zip(*points))) if points else (np.array([]), np.array([]))
+
+
+def _dict_series(records, key):
+    """{name: (epochs, values)} of a metric stored as a dict (e.g. per latent site) or a list (per layer)."""
+    out = {}
+    for r in records:
+        value = r.get(key)
+        if isinstance(value, (list, tuple)):
+            value = {f"layer {i + 1}": v for i, v in enumerate(value)}
+        if isinstance(value, dict):
+            for name, v in value.items():
+                if isinstance(v, (int, float)):
+                    out.setdefault(name, ([], []))
+                    out[name][0].append(r["epoch"])
+                    out[name][1].append(v)
+    return out
+
+
+def _lines(records, key, name):
+    """``[(name, epochs, values)]`` of a metric: one line for a number, one per entry for a dict
+    (e.g. per latent site) or a list (per layer); ``[]`` if it was never recorded."""
+    epochs, values = _series(records, key)
+    lines = [(name, epochs, values)] if len(epochs) else []
+    return lines + [(k, *map(np.asarray, s)) for k, s in _dict_series(records, key).items()]
+
+
+def plot_training_curves(metrics):
+    """ELBO, reconstruction, KL, active units and β against the epoch.
+
+    ``metrics``: a path to ``metrics.jsonl`` or its records. Panels whose metrics were not
+    recorded (``val_recon``, ``val_kl``, ``active_units``) are left out.
+    """
+    records = read_metrics(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
+    panels = []
+    epochs, loss = _series(records, "train_loss")
+    val_epochs, val_elbo = _series(records, "val_elbo")
+    panels.append(("ELBO [nats / point]", [("− train loss (β-weighted)", epochs, -loss),
+                                           ("validation ELBO", val_epochs, val_elbo)]))
+    for key, title, name in (("val_recon", "reconstruction [nats / point]", "validation"),
+                             ("val_kl", "KL [nats / point]", "validation"),
+                             ("active_units", "active units", "validation")):
+        lines = _lines(records, key, name)
+        if lines:
+            panels.append((title, lines))
+    beta = _lines(records, "beta", "β")
+    panels.append(("β", beta or [("β", np.array([]), np.array([]))]))
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    figure, grid = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows + 0.3), squeeze=False)
+    for ax in grid.flat[len(panels):]:
+        figure.delaxes(ax)
+    axes = grid.flat[: len(panels)]
+    for ax, (title, lines) in zip(axes, panels):
+        for i, (name, ex, ey) in enumerate(lines):
+            if len(ex):
+                ax.plot(ex, ey, color=f"C{i}", lw=1.4, marker="o" if len(ex) < 15 else None, ms=3, label=name)
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.set_title(title, fontsize=9)
+        if title.startswith(("KL", "active")):
+            ax.set_ylim(bottom=0)
+        ax.tick_params(labelsize=8)
+        if len(lines) > 1:
+            ax.legend(fontsize=7, loc="lower right")
+    elbos = np.concatenate([val_elbo, -loss])
+    late = np.concatenate([val_elbo[len(val_elbo) // 10 :], -loss[len(loss) // 10 :]])
+    if len(late) > 1 and np.all(np.isfinite(late)):
+        # the first epochs can dwarf the rest: zoom on the later ones
+        lo, hi = float(late.min()), float(elbos.max())
+        margin = 0.1 * (hi - lo) + 1e-6
+        axes[0].set_ylim(lo - 2 * margin, hi + margin)
+    if beta:
+        top = max(float(np.max(v)) for _, _, v in beta)
+        axes[-1].set_ylim(0, 1.15 * top if top > 0 else 1)
+    figure.suptitle("Training curves", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -112,10 +633,120 @@ def plot_estimate_vs_samples(num_samples, means, stderrs, elbo=None):
     return figure
 
 
+def load_eval_points(run_dir):
+    """The per-point results ``pyro-vae evaluate`` saved (``eval_points.pt`` and ``eval.json``)
+    as a :class:`~pyro_vae.marginal.MarginalLikelihood`, or ``None`` if the run was not evaluated."""
+    from .marginal import MarginalLikelihood, khat_threshold
+
+    run_dir = Path(run_dir)
+    points, summary = run_dir / "eval_points.pt", run_dir / "eval.json"
+    if not points.is_file() or not summary.is_file():
+        return None
+    tensors = torch.load(points, map_location="cpu", weights_only=True)
+    num_samples = int(json.loads(summary.read_text())["num_samples"])
+    fields = {k: tensors[k] for k in ("log_px", "stderr", "ess", "khat", "elbo")}
+    return MarginalLikelihood(**fields, num_samples=num_samples, khat_threshold=khat_threshold(num_samples))
+
+
+def _view(run):
+    """The evaluation data of a run (validation split, else test, else train) and its labels."""
+    for split in ("val", "test"):
+        x = getattr(run, split)
+        if len(x):
+            return x, getattr(run.splits, f"{split}_labels")
+    return run.splits.train[:2000], run.splits.train_labels
+
+
+def _all_held_out(run):
+    """Validation and test data with their labels (None unless both splits have them), for scatter plots."""
+    x = torch.cat([run.val, run.test])
+    if not len(x):
+        return run.splits.train[:2000], run.splits.train_labels
+    labels = [run.splits.val_labels, run.splits.test_labels]
+    return x, None if any(y is None for y in labels) else torch.cat(labels)
+
+
+def _rng_devices(device):
+    """The CUDA devices whose RNG state ``fork_rng`` must save and restore."""
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+FIGURES = ("reconstructions", "samples", "traversals", "latent_space", "kl_per_dimension",
+           "training_curves", "diagnostics")
+"""The figures :func:`plot_run` writes, as ``<name>.png``."""
+
+
+def plot_run(run_dir, out_dir=None, num_examples=16, num_samples=64, seed=0):
+    """Write every figure of the run in ``run_dir`` into ``out_dir`` (default ``run_dir/figures``).
+
+    Uses the newest checkpoint and the validation split (the fixed binarised view). The
+    importance-sampling diagnostics need ``pyro-vae evaluate`` first and are skipped
+    otherwise. Random draws use ``seed`` without touching the global RNG state. Returns
+    ``{name: path}`` of the files written (see :data:`FIGURES`).
+    """
+    from .train import load_run
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
+    run, _ = load_run(run_dir)
+    vae = run.vae.eval()
+    x, labels = _view(run)
+    written = {}
+    with torch.random.fork_rng(devices=_rng_devices(run.device)), torch.no_grad():
+        torch.manual_seed(seed)
+        scores = dimension_scores(vae, x)
+        held_out = _all_held_out(run)
+        figures = {
+            "reconstructions": lambda: plot_reconstructions(vae, x[:num_examples]),
+            "samples": lambda: plot_samples(vae, num_samples),
+            "traversals": lambda: plot_traversals(vae, x, scores=scores[vae.sites[-1]]),
+            "latent_space": lambda: plot_latent_space(vae, *held_out, run.splits.info.get("class_names")),
+            "kl_per_dimension": lambda: plot_kl_per_dimension(vae, x, scores),
+        }
+        for name, make in figures.items():
+            written[name] = save_figure(make(), out_dir / f"{name}.png")
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and read_metrics(metrics):
+        figure = plot_training_curves(metrics)
+        written["training_curves"] = save_figure(figure, out_dir / "training_curves.png")
+    result = load_eval_points(run_dir)
+    if result is not None:
+        written["diagnostics"] = save_figure(plot_marginal_diagnostics(result), out_dir / "diagnostics.png")
+    return written
+
+
+def sample_grid(run_dir, num_samples=64, out=None, mean=True, seed=0):
+    """Write a grid of ``num_samples`` samples of the run's model (default
+    ``run_dir/figures/samples-<num_samples>.png``); returns the path."""
+    from .train import load_run
+
+    run_dir = Path(run_dir)
+    run, _ = load_run(run_dir)
+    with torch.random.fork_rng(devices=_rng_devices(run.device)):
+        torch.manual_seed(seed)
+        figure = plot_samples(run.vae.eval(), num_samples, mean=mean)
+    return save_figure(figure, out or run_dir / "figures" / f"samples-{num_samples}.png")
+
+
 __all__ = [
+    "FIGURES",
     "as_images",
+    "dimension_scores",
+    "kl_per_dimension",
+    "load_eval_points",
     "plot_estimate_vs_samples",
+    "plot_kl_per_dimension",
+    "plot_latent_space",
     "plot_marginal_diagnostics",
+    "plot_reconstructions",
     "plot_reconstructions_and_samples",
+    "plot_run",
+    "plot_samples",
+    "plot_training_curves",
+    "plot_traversals",
+    "posterior_means",
+    "read_metrics",
+    "sample_grid",
     "save_figure",
+    "traversal_values",
 ]

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from . import config as configuration
 from .checkpoints import CheckpointDir
-from .data import batches, binarize_batch, binarize_fixed, load_dataset
+from .data import batches, load_dataset
 from .diagnostics import latent_summary
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
@@ -41,7 +41,8 @@ from .objectives import OBJECTIVES, check_compatible, step_loss
 from .plots import plot_reconstructions_and_samples, save_figure
 from .schedules import BETA_SCHEDULES
 
-EVAL_BINARIZATION_SEED = 12345
+EVAL_SEED = 12345
+"""Seed of the fixed binarisation (or dequantisation) of the data used for evaluation."""
 SYNC_EVERY = 50
 """On an accelerator, the training losses are checked for NaN/inf every this many steps."""
 POSTFIX_SECONDS = 0.5
@@ -83,20 +84,13 @@ class Run:
         pyro.set_rng_seed(config["seed"])
         splits = load_dataset(config["data"]).to(device)
         vae = VAE(data_shape=splits.data_shape, **config["model"]).to(device)
-        val, test = splits.val, splits.test
-        if splits.dynamic_binarization:
-            val = binarize_fixed(val, EVAL_BINARIZATION_SEED)
-            test = binarize_fixed(test, EVAL_BINARIZATION_SEED + 1)
-            vae.likelihood.validate(binarize_fixed(splits.train, EVAL_BINARIZATION_SEED))
-        else:
-            vae.likelihood.validate(splits.train)
-        for part in (val, test):
+        fixed = splits.eval_view(EVAL_SEED)  # one fixed binarisation/dequantisation draw
+        for part in (fixed.train, fixed.val, fixed.test):
             vae.likelihood.validate(part)
-        return cls(config, device, splits, vae, val, test)
+        return cls(config, device, splits, vae, fixed.val, fixed.test)
 
     def train_batch(self, index):
-        x = self.splits.train[index]
-        return binarize_batch(x) if self.splits.dynamic_binarization else x
+        return self.splits.transform_batch(self.splits.train[index])
 
 
 def load_run(run_dir, map_location=None):
