@@ -8,7 +8,17 @@ Convention (any ``nn.Module`` that follows it can be passed instead of a name):
   parameters, a tensor of shape ``(*batch, *likelihood.param_shape)``.
 
 Builders receive ``in_shape`` and ``out_shape`` from the library, so the output head
-always matches the latent size and the chosen likelihood.
+always matches the latent size and the chosen likelihood. Registered networks:
+
+* ``mlp`` [hidden, activation]: fully connected, any shapes;
+* ``conv`` [channels, hidden, activation]: for images ``(C, H, W)``. As an encoder,
+  stride-2 convolutions (kernel 4) halve H and W once per entry of ``channels``, then a
+  hidden dense layer and a linear head; as a decoder, the mirror image (dense layers, then
+  stride-2 transposed convolutions). A decoder's ``out_shape`` is ``(*P, C, H, W)``: the
+  last layer has ``prod(P)·C`` channels, reshaped to ``(*P, C, H, W)`` (e.g. ``(2, C, H,
+  W)`` for a predicted Gaussian scale). By default ``channels`` has one layer per halving
+  that keeps the feature map at least 4×4 (28×28: [32, 64] down to 7×7; 64×64:
+  [32, 64, 64, 64] down to 4×4). H and W must be divisible by 2^len(channels).
 """
 
 import math
@@ -41,29 +51,111 @@ def make_activation(name):
     return ACTIVATIONS[name]()
 
 
-@NETWORKS.register("mlp")
-class MLP(nn.Module):
-    """Fully connected network: flatten ``in_shape``, hidden layers, linear head to ``out_shape``.
+class Network(nn.Module):
+    """Base: ``net`` maps ``(N, *in_shape)`` to ``(N, prod(out_shape))``; ``forward`` keeps
+    the leading batch dims, so ``z`` of shape ``(particles, batch, latent_dim)`` gives
+    ``(particles, batch, *out_shape)``."""
 
-    Leading batch dimensions are kept, so a decoder applied to ``z`` of shape
-    ``(particles, batch, latent_dim)`` returns ``(particles, batch, *out_shape)``.
-    """
-
-    def __init__(self, in_shape, out_shape, hidden=(400,), activation="relu"):
+    def __init__(self, in_shape, out_shape):
         super().__init__()
         self.in_shape = tuple(in_shape)
         self.out_shape = tuple(out_shape)
+
+    def forward(self, inputs):
+        batch_shape = inputs.shape[: inputs.dim() - len(self.in_shape)]
+        flat = self.net(inputs.reshape(-1, *self.in_shape))
+        return flat.reshape(*batch_shape, *self.out_shape)
+
+
+@NETWORKS.register("mlp")
+class MLP(Network):
+    """Fully connected network: flatten ``in_shape``, hidden layers, linear head to ``out_shape``."""
+
+    def __init__(self, in_shape, out_shape, hidden=(400,), activation="relu"):
+        super().__init__(in_shape, out_shape)
         widths = [math.prod(self.in_shape), *_check_widths(hidden)]
-        layers = []
+        layers = [nn.Flatten()]
         for width_in, width_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(width_in, width_out), make_activation(activation)]
         layers.append(nn.Linear(widths[-1], math.prod(self.out_shape)))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, inputs):
-        batch_shape = inputs.shape[: inputs.dim() - len(self.in_shape)]
-        flat = inputs.reshape(*batch_shape, -1)
-        return self.net(flat).reshape(*batch_shape, *self.out_shape)
+
+@NETWORKS.register("conv")
+def conv(in_shape, out_shape, channels=None, hidden=256, activation="relu"):
+    """A :class:`ConvEncoder` for image inputs, a :class:`ConvDecoder` for image outputs."""
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise ConfigError(
+            f"Option 'hidden' of 'conv' (one dense layer) must be a positive integer, got {hidden!r}."
+        )
+    if len(in_shape) == 3:
+        return ConvEncoder(in_shape, out_shape, channels, hidden, activation)
+    if len(in_shape) == 1 and len(out_shape) >= 3:
+        return ConvDecoder(in_shape, out_shape, channels, hidden, activation)
+    raise ConfigError(
+        f"The 'conv' network needs images shaped (C, H, W) as encoder input or decoder output, "
+        f"got in_shape {tuple(in_shape)} and out_shape {tuple(out_shape)}; use 'mlp' for other shapes."
+    )
+
+
+def _conv_plan(height, width, channels):
+    """The widths of the stride-2 layers and the (H, W) of the smallest feature map."""
+    if channels is None:
+        depth = 0
+        while (height >> depth) % 2 == 0 and (width >> depth) % 2 == 0 and min(height, width) >> depth >= 8:
+            depth += 1
+        channels = [32] + [64] * (depth - 1) if depth else []
+    widths = _check_widths(channels)
+    factor = 2 ** len(widths)
+    if not widths:
+        raise ConfigError(
+            f"The 'conv' network cannot halve {height}x{width} images (H and W must be even; sizes "
+            "such as 28x28 and 64x64 work). Use 'mlp' for these images."
+        )
+    if height % factor or width % factor:
+        raise ConfigError(
+            f"The 'conv' network halves H and W once per entry of 'channels' ({channels!r}), so they "
+            f"must be divisible by {factor}, but the images are {height}x{width}. Give fewer channels."
+        )
+    return widths, (height // factor, width // factor)
+
+
+class ConvEncoder(Network):
+    """Image ``(C, H, W)`` -> stride-2 convolutions -> dense ``hidden`` -> linear head to ``out_shape``."""
+
+    def __init__(self, in_shape, out_shape, channels=None, hidden=256, activation="relu"):
+        super().__init__(in_shape, out_shape)
+        widths, (h, w) = _conv_plan(*self.in_shape[1:], channels)
+        layers = []
+        for c_in, c_out in zip([self.in_shape[0], *widths[:-1]], widths):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), make_activation(activation)]
+        layers += [
+            nn.Flatten(),
+            nn.Linear(widths[-1] * h * w, hidden),
+            make_activation(activation),
+            nn.Linear(hidden, math.prod(self.out_shape)),
+        ]
+        self.net = nn.Sequential(*layers)
+
+
+class ConvDecoder(Network):
+    """``in_shape`` -> dense ``hidden`` -> dense to the smallest feature map -> stride-2
+    transposed convolutions to ``prod(P)·C`` channels, reshaped to ``out_shape = (*P, C, H, W)``."""
+
+    def __init__(self, in_shape, out_shape, channels=None, hidden=256, activation="relu"):
+        super().__init__(in_shape, out_shape)
+        widths, (h, w) = _conv_plan(*self.out_shape[-2:], channels)
+        layers = [
+            nn.Linear(math.prod(self.in_shape), hidden),
+            make_activation(activation),
+            nn.Linear(hidden, widths[-1] * h * w),
+            make_activation(activation),
+            nn.Unflatten(1, (widths[-1], h, w)),
+        ]
+        reverse = widths[::-1]
+        for c_in, c_out in zip(reverse, [*reverse[1:], math.prod(self.out_shape[:-2])]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), make_activation(activation)]
+        self.net = nn.Sequential(*layers[:-1])  # no activation on the output
 
 
 def _check_widths(hidden):
