@@ -267,7 +267,7 @@ def binarize_fixed(x: torch.Tensor, seed: int) -> torch.Tensor:
 def dequantize_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantisation of 8-bit data ``x = k / 255``: ``(k + u) / 256``, ``u ~ U[0, 1)``.
 
-    For ``dequantize: true``: call once per training batch; values lie in ``[0, 1)``.
+    For ``dequantize: true``: call once per training batch; values lie strictly inside ``(0, 1)``.
     ``generator``, if given, must be on the same device as ``x``.
     """
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -282,7 +282,10 @@ def dequantize_fixed(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def _dequantize(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    return (torch.round(x * 255) + noise) / 256
+    """(k + u)/256, kept strictly inside (0, 1): u = 0 and float rounding near 1 would give
+    exact 0 or 1, outside the support of likelihoods such as the Beta."""
+    eps = torch.finfo(x.dtype).eps
+    return ((torch.round(x * 255) + noise) / 256).clamp_(eps, 1 - eps)
 
 
 def _fixed_noise(x: torch.Tensor, seed: int, what: str) -> torch.Tensor:
@@ -437,10 +440,13 @@ def digits(
     split_seed: int = 0,
     val_size: int = 180,
     test_size: int = 360,
+    counts: bool = False,
 ) -> Splits:
     """scikit-learn's bundled handwritten digits (1797 images of 8x8, no download).
 
     Grey levels 0..16 are divided by 16 into ``[0, 1]``; data_shape is ``(1, 8, 8)``.
+    With ``counts: true`` the integer levels 0..16 are kept as they are (count data for
+    the Poisson and negative-binomial likelihoods; needs ``binarize: none``).
     A permutation seeded by ``split_seed`` gives ``test_size`` test images (360),
     ``val_size`` validation images (180) and the rest (1257) for training. ``binarize``
     is applied as described in this module's docstring; a static binarisation is drawn
@@ -463,14 +469,19 @@ def digits(
             f"val_size ({val_size}) + test_size ({test_size}) of dataset 'digits' must be less "
             f"than its {n} images, to leave a training set."
         )
-    x = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
+    if not isinstance(counts, bool):
+        raise ConfigError(f"Option 'counts' of dataset 'digits' must be true or false, got {counts!r}.")
+    if counts and binarize != "none":
+        raise ConfigError("Dataset 'digits' with counts: true needs binarize: none (counts are 0..16).")
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1)
+    x = x if counts else x.div_(16.0)
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
     x = _apply_binarize(x, binarize, binarize_seed)
     idx = split_indices(n, {"test": test_size, "val": val_size, "train": None}, split_seed)
     info = {
         "name": "digits",
         "source": "sklearn.datasets.load_digits",
-        "scale": "grey levels 0..16 divided by 16",
+        "scale": "integer grey levels 0..16 (counts)" if counts else "grey levels 0..16 divided by 16",
         "data_shape": [1, 8, 8],
         "num_classes": 10,
         "split": "seeded permutation of all 1797 images: test, val, rest -> train",
@@ -480,8 +491,6 @@ def digits(
     }
     data = {split: (x[i], y[i]) for split, i in idx.items()}
     return _make_splits(data, info, binarize, binarize_seed)
-
-
 
 
 # --------------------------------------------------------------------------------------

@@ -834,3 +834,10 @@ def test_fits_on_device(monkeypatch, digits):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * digits.nbytes, 10**12))
     assert fits_on_device(digits, "cuda", fraction=0.5)
     assert not fits_on_device(digits, "cuda", fraction=0.2)
+
+
+def test_digits_counts_keeps_integer_levels():
+    splits = load_dataset({"name": "digits", "binarize": "none", "counts": True})
+    assert splits.train.max() == 16 and torch.equal(splits.train, splits.train.round())
+    with pytest.raises(ConfigError, match="binarize: none"):
+        load_dataset({"name": "digits", "counts": True})
