@@ -15,13 +15,13 @@ The draws are from the **proposal** q, not from the exact posterior p(z | x): re
 them with ``exp(log_weight)`` (normalised per point, or Pareto-smoothed, e.g.
 ``arviz.psislw``) for posterior expectations. Groups and dimensions (one chain):
 
-=================  ============================================  ===============================
-group              variable                                      dims
-=================  ============================================  ===============================
-``posterior``      each latent site (``z`` or ``z1`` … ``zL``)   chain, draw, point, ``<site>_dim``
-``sample_stats``   ``log_weight``, ``log_q``                     chain, draw, point
-``log_likelihood`` ``x``                                         chain, draw, point
-=================  ============================================  ===============================
+==================  ============================================  ===============================
+group               variable                                      dims
+==================  ============================================  ===============================
+``posterior``       each latent site (``z`` or ``z1`` … ``zL``)   chain, draw, point, ``<site>_dim``
+``sample_stats``    ``log_weight``, ``log_q``                     chain, draw, point
+``log_likelihood``  ``x``                                         chain, draw, point
+==================  ============================================  ===============================
 
 The ``point`` coordinate holds ``point_index`` (default ``0 … N−1``). ArviZ 0.x returns an
 ``arviz.InferenceData``; ArviZ ≥ 1 (where InferenceData became ``xarray.DataTree``) a

@@ -35,12 +35,39 @@ def save_atomic(state, path):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Load one checkpoint safely; a truncated, corrupt or unsafe file raises CheckpointError."""
+    """Load one checkpoint safely; a truncated, corrupt or unsafe file, or one that does not
+    hold what the trainer writes (:data:`REQUIRED`), raises CheckpointError."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for damaged or unsafe files
         raise CheckpointError(f"Checkpoint '{path}' cannot be loaded ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else 'no detail'}).") from None
+    problem = _malformed(state)
+    if problem:
+        raise CheckpointError(f"Checkpoint '{path}' is not a pyro-vae training checkpoint ({problem}).")
+    return state
+
+
+# What the trainer writes (Trainer.state) and what loading a run reads back.
+REQUIRED = {"epoch": int, "model": dict, "optimizer": dict, "scheduler": dict, "rng": torch.Tensor,
+            "cuda_rng": list}
+
+
+def _malformed(state):
+    """Why ``state`` is not a checkpoint written by the trainer, or ``None``."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    missing = [key for key in REQUIRED if key not in state]
+    if missing:
+        return f"missing {', '.join(map(repr, missing))}"
+    for key, kind in REQUIRED.items():
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"{key!r} is a {type(state[key]).__name__}, not a {kind.__name__}"
+    if state["epoch"] < 0:
+        return f"negative epoch {state['epoch']}"
+    if not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state["model"].items()):
+        return "'model' is not a mapping of parameter names to tensors"
+    return None
 
 
 class CheckpointDir:
@@ -65,9 +92,12 @@ class CheckpointDir:
 
     def load_latest(self, map_location="cpu"):
         """The newest checkpoint that loads, or ``None`` when there is none."""
-        for path in self.paths():
+        paths = self.paths()
+        for index, path in enumerate(paths):
             try:
                 return load_checkpoint(path, map_location)
             except CheckpointError as error:
-                warnings.warn(f"{error} Falling back to the previous checkpoint.", stacklevel=2)
+                then = "Falling back to the previous checkpoint." if index + 1 < len(paths) else (
+                    "No older checkpoint is left.")
+                warnings.warn(f"{error} {then}", stacklevel=2)
         return None

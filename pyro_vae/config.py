@@ -8,6 +8,8 @@ name a part (``data``, ``objective``, ``beta_schedule`` and the model's ``prior`
 """
 
 import copy
+import math
+import re
 
 import yaml
 
@@ -72,13 +74,30 @@ def _merge_spec(default, value):
     return {**default, **value}
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading ``1e-4`` (no dot, as in YAML 1.2) as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_yaml(path):
     """Read a YAML config file with the safe loader; errors name the file."""
     try:
-        with open(path) as handle:
-            content = yaml.safe_load(handle)
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.load(handle, Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"Config file '{path}' does not exist.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"Config file '{path}' is a directory, not a YAML file.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file '{path}' is not a text (UTF-8) file.") from None
+    except OSError as error:
+        raise ConfigError(f"Config file '{path}' cannot be read: {error.strerror or error}.") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {error}") from None
     if content is None:
@@ -94,7 +113,7 @@ def parse_override(text):
     if not sep or not key:
         raise ConfigError(f"An override must look like key=value (e.g. train.epochs=5), got {text!r}.")
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=_Loader)
     except yaml.YAMLError:
         raise ConfigError(f"The value in override {text!r} is not valid YAML.") from None
     for part in reversed(key.split(".")):
@@ -125,10 +144,16 @@ def _is_number(value):
 
 def check(config):
     """Validate the plain values of a resolved config (parts are checked by their registries)."""
-    _require(_is_int(config["seed"]), f"seed must be an integer, got {config['seed']!r}.")
+    _require(
+        _is_int(config["seed"]) and 0 <= config["seed"] < 2**32,
+        f"seed must be an integer in [0, 2**32 - 1], got {config['seed']!r}.",
+    )
     _require(isinstance(config["device"], str), f"device must be a string, got {config['device']!r}.")
     optim, train, evaluation = config["optim"], config["train"], config["eval"]
-    _require(_is_number(optim["lr"]) and optim["lr"] > 0, f"optim.lr must be > 0, got {optim['lr']!r}.")
+    _require(
+        _is_number(optim["lr"]) and 0 < optim["lr"] < math.inf,
+        f"optim.lr must be a finite number > 0, got {optim['lr']!r}.",
+    )
     _require(
         _is_number(optim["lr_decay"]) and 0 < optim["lr_decay"] <= 1,
         f"optim.lr_decay (per-epoch factor) must be in (0, 1], got {optim['lr_decay']!r}.",

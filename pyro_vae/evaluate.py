@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from .errors import PyroVAEError
 from .marginal import log_likelihood
 from .plots import plot_marginal_diagnostics, save_figure
 from .train import load_run
@@ -29,6 +30,9 @@ def evaluate(run_dir, num_samples=None, batch_size=None, progress=True):
     with ``elbo_mean``, ``inference_gap_mean`` and the epoch of the checkpoint used.
     """
     run, state = load_run(run_dir)
+    if len(run.test) == 0:
+        raise PyroVAEError(f"The test split of the run in '{run_dir}' is empty (its data test size is 0); "
+                           "there is nothing to evaluate.")
     eval_config = run.config["eval"]
     num_samples = eval_config["num_samples"] if num_samples is None else num_samples
     vae = run.vae

@@ -520,9 +520,19 @@ def _per_point(lp: torch.Tensor, site: dict, nesting: int, batch: int, num: int)
 
 
 def _log_weights(
-    model: Callable, guide: Callable | None, x: torch.Tensor, num: int, nesting: int
+    model: Callable,
+    guide: Callable | None,
+    x: torch.Tensor,
+    num: int,
+    nesting: int,
+    pending: list | None = None,
 ) -> torch.Tensor:
-    r"""Log weights :math:`w_{nk}` of shape ``(N_batch, num)`` for one chunk of ``num`` draws."""
+    r"""Log weights :math:`w_{nk}` of shape ``(N_batch, num)`` for one chunk of ``num`` draws.
+
+    NaN or :math:`+\infty` weights raise :class:`PyroVAEError` here, which reads a flag from
+    the device; with ``pending`` (a list) the flags are appended to it instead, as a device
+    tensor, for :func:`_check_pending` to read once for many chunks.
+    """
     batch = x.shape[0]
     with poutine.block(), pyro.plate(_PARTICLE_PLATE, num, dim=-(nesting + 1)):
         model_trace, guide_trace = _run(model, guide, x)
@@ -541,15 +551,42 @@ def _log_weights(
             term = term - _per_point(lq, gsite, nesting, batch, num)
         terms.append((name, term))
         total = total + term
-    bad = torch.isnan(total) | (total == math.inf)
-    if bool(bad.any()):
-        culprits = [n for n, t in terms if bool((torch.isnan(t) | (t == math.inf)).any())]
-        raise PyroVAEError(
-            "importance weights are NaN or +inf (log p(x, z) - log q(z | x) from sites "
-            f"{culprits or [n for n, _ in terms]}); check the model and guide for NaN "
-            "parameters or zero scales"
-        )
+    if pending is not None:
+        flags = torch.stack([_any_bad(total), *(_any_bad(t) for _, t in terms)])
+        pending.append(([n for n, _ in terms], flags))
+    elif bool(_any_bad(total)):
+        _raise_bad([n for n, t in terms if bool(_any_bad(t))] or [n for n, _ in terms])
     return total.transpose(0, 1)
+
+
+def _any_bad(w: torch.Tensor) -> torch.Tensor:
+    return (torch.isnan(w) | (w == math.inf)).any()
+
+
+def _raise_bad(culprits: list[str]) -> None:
+    raise PyroVAEError(
+        "importance weights are NaN or +inf (log p(x, z) - log q(z | x) from sites "
+        f"{culprits}); check the model and guide for NaN parameters or zero scales"
+    )
+
+
+def _check_pending(pending: list) -> None:
+    """Raise as :func:`_log_weights` would for the first chunk in ``pending`` with bad weights
+    (one read from the device for all of them)."""
+    if not pending:
+        return
+    flags = torch.stack([f for _, f in pending]).tolist()
+    for (names, _), (total_bad, *term_bad) in zip(pending, flags):
+        if total_bad:
+            _raise_bad([n for n, bad in zip(names, term_bad) if bad] or names)
+    pending.clear()
+
+
+def _defer_checks(device: torch.device) -> bool:
+    """Whether the NaN checks of the chunk loop wait for the end of a batch of points: on
+    accelerators, so that the host can queue the next chunk while the device computes (a read
+    per chunk would make it wait); on the CPU reading the flag costs nothing."""
+    return device.type != "cpu"
 
 
 # --------------------------------------------------------------------------------------
@@ -633,10 +670,13 @@ def _estimate(
             for start in starts:
                 xb = x[start : start + batch_size]
                 stats = _StreamingWeights(xb.shape[0], num_samples, acc_device)
+                pending = [] if _defer_checks(acc_device) else None
                 for num in chunks:
-                    stats.update(_log_weights(model, guide, xb, num, nesting))
+                    stats.update(_log_weights(model, guide, xb, num, nesting, pending))
                     if bar is not None:
                         bar.update(1)
+                if pending is not None:
+                    _check_pending(pending)
                 results.append({k: v.cpu() for k, v in stats.finalize().items()})
     finally:
         if bar is not None:

@@ -7,14 +7,195 @@ Objectives (``max_plate_nesting=1``: the data plate; particles are vectorised):
   KL(q ‖ p) where the prior allows it (Pyro falls back to Monte Carlo otherwise);
 * ``iwae``: :class:`pyro.infer.RenyiELBO` with α = 0, the importance-weighted bound
   log (1/K) Σ_k p(x, z_k)/q(z_k|x) with K = ``num_particles`` (default 5).
+
+``elbo`` and ``elbo-analytic`` are the Pyro classes with a leaner hot path (subclasses
+:class:`TraceELBO` and :class:`MeanFieldELBO`): while Pyro validation is disabled (as in
+the trainer) their traces skip the log-densities the loss does not use (for the analytic KL,
+log p(z) and log q(z|x)) and the copy made to drop subsample sites, and their
+``differentiable_loss`` returns the loss without a host synchronisation (``.item()``).
+Values and gradients are those of the Pyro classes, computed in the same order; with
+validation enabled they *are* the Pyro code paths. :func:`step_loss` is what the trainer
+calls per batch.
 """
 
+import warnings
+
+import torch
+from pyro import poutine
+from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from pyro.util import warn_if_nan
+from torch.distributions import kl_divergence
 
 from .errors import ConfigError
+from .priors import analytic_kl_available
 from .registry import Registry
 
 OBJECTIVES = Registry("objective")
+
+
+def _detach(value):
+    return value.detach() if torch.is_tensor(value) else value
+
+
+class _LeanTraces:
+    """Mixin: guide and model traces without Pyro's eager bookkeeping (validation off only).
+
+    ``get_importance_trace`` copies both traces to drop subsample sites and computes every
+    site's log-density and score parts up front. Here the subsample sites are removed in
+    place from the fresh traces and nothing else is computed: the particle losses below ask
+    for exactly the densities they use, through the traces' memoising ``compute_*`` methods.
+    """
+
+    def _lean(self, guide):
+        return not is_validation_enabled() and not isinstance(poutine.unwrap(guide), Messenger)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        if not self._lean(guide):
+            return super()._get_trace(model, guide, args, kwargs)
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        for trace in (model_trace, guide_trace):
+            for name in [name for name, site in trace.nodes.items() if site_is_subsample(site)]:
+                trace.remove_node(name)
+        model_trace.lean = True
+        return model_trace, guide_trace
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """The loss as a tensor with gradients, without a host synchronisation."""
+        if not self._lean(guide):
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._lean_particle(model_trace, guide_trace) / self.num_particles
+        return loss
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        if not self._lean(guide):
+            return super().loss_and_grads(model, guide, *args, **kwargs)
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            particle = self._lean_particle(model_trace, guide_trace)
+            loss = loss + _detach(particle) / self.num_particles
+            trainable_params = any(
+                site["type"] == "param"
+                for trace in (model_trace, guide_trace)
+                for site in trace.nodes.values()
+            )
+            if trainable_params and getattr(particle, "requires_grad", False):
+                (particle / self.num_particles).backward(retain_graph=self.retain_graph)
+        loss = torch_item(loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        if not getattr(model_trace, "lean", False):
+            return super()._differentiable_loss_particle(model_trace, guide_trace)
+        surrogate = self._lean_particle(model_trace, guide_trace)
+        return torch_item(surrogate), surrogate
+
+
+class TraceELBO(_LeanTraces, Trace_ELBO):
+    """:class:`pyro.infer.Trace_ELBO` with the lean hot path (see the module docstring)."""
+
+    def _lean_particle(self, model_trace, guide_trace):
+        """Trace_ELBO's surrogate loss; its value is the loss (``-elbo``) itself.
+
+        Same terms in the same order as ``Trace_ELBO._differentiable_loss_particle``, as
+        tensors. When a guide site is not reparameterised the surrogate's value differs
+        from the loss; then the returned tensor is ``surrogate + (loss - surrogate).detach()``
+        (the loss's value, the surrogate's gradient), as Pyro's ``differentiable_loss``.
+        """
+        model_trace.compute_log_prob()
+        guide_trace.compute_score_parts()
+        elbo = 0.0
+        surrogate = 0.0
+        log_r = None
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                elbo = elbo + _detach(site["log_prob_sum"])
+                surrogate = surrogate + site["log_prob_sum"]
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                _, score_function_term, entropy_term = site["score_parts"]
+                elbo = elbo - _detach(site["log_prob_sum"])
+                if not is_identically_zero(entropy_term):
+                    surrogate = surrogate - entropy_term.sum()
+                if not is_identically_zero(score_function_term):
+                    if log_r is None:
+                        log_r = _compute_log_r(model_trace, guide_trace)
+                    log_r_site = log_r.sum_to(site["cond_indep_stack"])
+                    surrogate = surrogate + (log_r_site * score_function_term).sum()
+        if log_r is None:
+            return -surrogate  # all reparameterised: the surrogate is the loss
+        return -surrogate + _detach(surrogate - elbo)
+
+
+class MeanFieldELBO(_LeanTraces, TraceMeanField_ELBO):
+    """:class:`pyro.infer.TraceMeanField_ELBO` with the lean hot path (see the module docstring)."""
+
+    def _lean_particle(self, model_trace, guide_trace):
+        """TraceMeanField_ELBO's particle loss: same terms, same order, only the densities used."""
+        elbo = 0.0
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] != "sample":
+                continue
+            if model_site["is_observed"]:
+                model_trace.compute_log_prob(lambda n, _, name=name: n == name)
+                elbo = elbo + model_site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[name]
+            try:
+                kl_qp = kl_divergence(guide_site["fn"], model_site["fn"])
+            except NotImplementedError:
+                model_trace.compute_log_prob(lambda n, _, name=name: n == name)
+                guide_trace.compute_score_parts()
+                entropy_term = guide_site["score_parts"].entropy_term
+                elbo = elbo + model_site["log_prob_sum"] - entropy_term.sum()
+                continue
+            kl_qp = scale_and_mask(kl_qp, scale=guide_site["scale"], mask=guide_site["mask"])
+            if torch.is_tensor(kl_qp):
+                kl_qp_sum = kl_qp.sum()
+            else:
+                kl_qp_sum = kl_qp * torch.Size(guide_site["fn"].batch_shape).numel()
+            elbo = elbo - kl_qp_sum
+        for name, guide_site in guide_trace.nodes.items():  # auxiliary guide sites
+            if guide_site["type"] == "sample" and name not in model_trace.nodes:
+                assert guide_site["infer"].get("is_auxiliary")
+                guide_trace.compute_score_parts()
+                elbo = elbo - guide_site["score_parts"].entropy_term.sum()
+        return -elbo
+
+    def loss(self, model, guide, *args, **kwargs):
+        if not self._lean(guide):
+            return super().loss(model, guide, *args, **kwargs)
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + _detach(self._lean_particle(model_trace, guide_trace)) / self.num_particles
+        loss = torch_item(loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+
+def step_loss(objective, model, guide, *args, **kwargs):
+    """Back-propagate ``objective``'s loss into the parameters; return the loss, detached.
+
+    Uses ``differentiable_loss`` + ``backward`` where the objective has it (no host
+    synchronisation with the lean ELBOs), else ``loss_and_grads`` (e.g. ``RenyiELBO``),
+    whose float is returned as a CPU tensor. The gradients are those of ``loss_and_grads``.
+    """
+    differentiable_loss = getattr(objective, "differentiable_loss", None)
+    if differentiable_loss is None:
+        return torch.tensor(objective.loss_and_grads(model, guide, *args, **kwargs), dtype=torch.float64)
+    loss = differentiable_loss(model, guide, *args, **kwargs)
+    if torch.is_tensor(loss) and loss.requires_grad:
+        loss.backward()
+        return loss.detach()
+    return torch.as_tensor(loss)
 
 
 def _particles(num_particles):
@@ -30,13 +211,13 @@ def _particles(num_particles):
 @OBJECTIVES.register("elbo")
 def elbo(num_particles=1):
     """The ELBO with a Monte Carlo KL term (``Trace_ELBO``)."""
-    return Trace_ELBO(**_particles(num_particles))
+    return TraceELBO(**_particles(num_particles))
 
 
 @OBJECTIVES.register("elbo-analytic")
 def elbo_analytic(num_particles=1):
     """The ELBO with the KL term in closed form where possible (``TraceMeanField_ELBO``)."""
-    return TraceMeanField_ELBO(**_particles(num_particles))
+    return MeanFieldELBO(**_particles(num_particles))
 
 
 @OBJECTIVES.register("iwae")
@@ -46,16 +227,27 @@ def iwae(num_particles=5):
 
 
 def check_compatible(spec, vae):
-    """Reject ``elbo-analytic`` where its closed-form KL would be wrong.
+    """Reject ``elbo-analytic`` where its closed-form KL would be wrong; warn where it has none.
 
     ``TraceMeanField_ELBO`` computes KL(q(z_l|·) ‖ p(z_l|·)) site by site, which is the
     ELBO's latent term only when the guide samples the layers in the model's order
     (top-down). A bottom-up guide draws z_{l+1} after z_l and from it, so the analytic
-    per-site KL would be biased.
+    per-site KL would be biased. Priors without a closed-form KL (mixtures, VampPrior,
+    flows, Student-t) make Pyro fall back to the Monte Carlo term log q(z|x) − log p(z),
+    which is correct but noisier; the warning says so.
     """
     name = spec if isinstance(spec, str) else spec.get("name")
-    if name == "elbo-analytic" and len(vae.latent_dims) > 1 and vae.inference != "top-down":
+    if name != "elbo-analytic":
+        return
+    if len(vae.latent_dims) > 1 and vae.inference != "top-down":
         raise ConfigError(
             "elbo-analytic needs the guide to sample latent layers in the model's order: use "
             "model.inference: top-down with a hierarchy, or the objective 'elbo' or 'iwae'."
+        )
+    if not analytic_kl_available(vae.prior):
+        warnings.warn(
+            f"elbo-analytic: the prior {type(vae.prior).__name__} has no closed-form KL to the "
+            "Gaussian guide, so the KL of the top layer falls back to a Monte Carlo estimate "
+            "(log q(z|x) − log p(z) at the sampled z), as with the objective 'elbo'.",
+            stacklevel=2,
         )

@@ -78,6 +78,7 @@ def check_options(constructor, options, what, reserved=()):
     """Reject options that ``constructor`` does not accept, listing the ones it does."""
     params = inspect.signature(constructor).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        _check_required(params, options, what, reserved)
         return
     valid = [
         n
@@ -92,3 +93,17 @@ def check_options(constructor, options, what, reserved=()):
             raise ConfigError(
                 f"Unknown option '{key}' for {what}.{suggest(key, valid)} Valid options: {listed}."
             )
+    _check_required(params, options, what, reserved)
+
+
+def _check_required(params, options, what, reserved):
+    """Name the options without a default that the spec leaves out (e.g. a dataset's path)."""
+    missing = [
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty and n not in reserved and n not in options and n != "self"
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    if missing:
+        needed = ", ".join(f"'{n}'" for n in missing)
+        raise ConfigError(f"The {what} needs the option{'s' if len(missing) > 1 else ''} {needed}.")

@@ -136,6 +136,11 @@ def train(config=None, out_dir="runs/default", overrides=(), resume=False, progr
     return Trainer(Run.build(config), out_dir, progress).fit(resume)
 
 
+def _sync_every(device):
+    """Steps between NaN/inf checks of the loss (each reads a value back from the device)."""
+    return 1 if device.type == "cpu" else SYNC_EVERY
+
+
 def make_adam(params, lr):
     """``torch.optim.Adam`` with the fused kernel where the device has one (CPU and CUDA in
     current PyTorch: one pass over all parameters, about 3x faster than the default
@@ -235,7 +240,7 @@ class Trainer:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + self.epoch)
         clip = config["optim"]["clip_norm"]
-        sync_every = 1 if run.device.type == "cpu" else SYNC_EVERY
+        sync_every = _sync_every(run.device)
         # float64 as the former Python-float sum (bit-identical); MPS has no float64
         total = torch.zeros((), dtype=torch.float32 if run.device.type == "mps" else torch.float64,
                             device=run.device)

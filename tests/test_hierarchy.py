@@ -143,3 +143,8 @@ def test_analytic_kl_is_refused_for_bottom_up_hierarchy():
     with pytest.raises(ConfigError, match="top-down"):
         check_compatible("elbo-analytic", vae)
     check_compatible("elbo-analytic", VAE(data_shape=4, latent_dim=[3, 2], inference="top-down"))
+
+
+def test_analytic_objective_warns_when_the_prior_has_no_closed_form_kl():
+    with pytest.warns(UserWarning, match="Monte Carlo"):
+        check_compatible("elbo-analytic", VAE(data_shape=4, latent_dim=2, prior="mixture"))
