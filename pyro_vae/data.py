@@ -207,6 +207,21 @@ class Splits:
         moved = {name: None if t is None else t.to(device) for name, t in self._tensors().items()}
         return dataclasses.replace(self, **moved, info=copy.deepcopy(self.info))
 
+    def fixed_transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """One draw of the per-batch transform of ``x`` determined by ``seed``
+        (:func:`binarize_fixed` or :func:`dequantize_fixed`), or ``x`` itself."""
+        seed = _check_int("seed", seed, minimum=0, what="fixed_transform")
+        if self.dynamic_binarization:
+            return binarize_fixed(x, seed)
+        if self.dequantization:
+            return dequantize_fixed(x, seed)
+        return x
+
+    def eval_split(self, split: str, seed: int = 0) -> torch.Tensor:
+        """The ``split`` ("train", "val" or "test") of :meth:`eval_view`, computed alone."""
+        seed = _check_int("seed", seed, minimum=0, what="eval_split")
+        return self.fixed_transform(getattr(self, split), _derive_seed(seed, _SPLITS.index(split)))
+
     def eval_view(self, seed: int = 0) -> "Splits":
         """The splits with one fixed draw of the per-batch transform, for evaluation.
 
@@ -221,13 +236,12 @@ class Splits:
         ``dequantize: "fixed"`` and ``eval_dequantize_seed: seed``).
         """
         if self.dynamic_binarization:
-            draw, key = binarize_fixed, "binarize"
+            key = "binarize"
         elif self.dequantization:
-            draw, key = dequantize_fixed, "dequantize"
+            key = "dequantize"
         else:
             return self
-        seed = _check_int("seed", seed, minimum=0, what="eval_view")
-        fixed = {split: draw(getattr(self, split), _derive_seed(seed, k)) for k, split in enumerate(_SPLITS)}
+        fixed = {split: self.eval_split(split, seed) for split in _SPLITS}
         info = copy.deepcopy(self.info)
         info[key] = "fixed"
         info[f"eval_{key}_seed"] = seed

@@ -69,7 +69,7 @@ _PARTICLE_PLATE = "_pyro_vae_marginal_particles"
 _ELEMENT_BUDGET = 2**22
 _MIN_PAIRS, _MAX_PAIRS = 256, 2**16
 _MIN_TAIL = 5  # the GPD fit needs at least five tail draws (as in ArviZ)
-_GPD_ROW_BLOCK = 128  # rows per vectorised GPD fit (bounds the (rows, grid, tail) array)
+_GPD_BLOCK_ELEMENTS = 2**20  # bound on the (rows, grid, tail) array of one vectorised GPD fit
 
 
 class ImportanceSamplingWarning(UserWarning):
@@ -236,9 +236,10 @@ def _gpd_khat(y: np.ndarray) -> np.ndarray:
     m = 30 + int(n**0.5)
     grid = 1.0 - np.sqrt(m / (np.arange(1, m + 1, dtype=np.float64) - 0.5))
     out = np.empty(rows, dtype=np.float64)
+    block = max(1, _GPD_BLOCK_ELEMENTS // (m * n))  # memory independent of K
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for start in range(0, rows, _GPD_ROW_BLOCK):
-            yb = y[start : start + _GPD_ROW_BLOCK]
+        for start in range(0, rows, block):
+            yb = y[start : start + block]
             quartile = yb[:, int(n / 4 + 0.5) - 1]
             theta = grid[None, :] / (3.0 * quartile[:, None]) + 1.0 / yb[:, -1:]
             k = np.log1p(-theta[:, :, None] * yb[:, None, :]).mean(axis=-1)
@@ -251,7 +252,7 @@ def _gpd_khat(y: np.ndarray) -> np.ndarray:
             w /= w.sum(axis=1, keepdims=True)
             theta_hat = (w * theta).sum(axis=1)
             k_hat = np.log1p(-theta_hat[:, None] * yb).mean(axis=1)
-            out[start : start + _GPD_ROW_BLOCK] = (n * k_hat + 10 * 0.5) / (n + 10)
+            out[start : start + block] = (n * k_hat + 10 * 0.5) / (n + 10)
     return out
 
 

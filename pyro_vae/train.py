@@ -22,6 +22,7 @@ each batch gets a fresh Bernoulli draw on the device. A run directory holds
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from .schedules import BETA_SCHEDULES
 
 EVAL_SEED = 12345
 """Seed of the fixed binarisation (or dequantisation) of the data used for evaluation."""
+VALIDATION_CHUNK = 8192
+"""Training data are checked against the likelihood's support this many points at a time."""
 SYNC_EVERY = 50
 """On an accelerator, the training losses are checked for NaN/inf every this many steps."""
 POSTFIX_SECONDS = 0.5
@@ -84,10 +87,12 @@ class Run:
         pyro.set_rng_seed(config["seed"])
         splits = load_dataset(config["data"]).to(device)
         vae = VAE(data_shape=splits.data_shape, **config["model"]).to(device)
-        fixed = splits.eval_view(EVAL_SEED)  # one fixed binarisation/dequantisation draw
-        for part in (fixed.train, fixed.val, fixed.test):
+        val, test = (splits.eval_split(name, EVAL_SEED) for name in ("val", "test"))
+        for chunk in splits.train.split(VALIDATION_CHUNK):  # the data as training will see them
+            vae.likelihood.validate(splits.fixed_transform(chunk, EVAL_SEED))
+        for part in (val, test):
             vae.likelihood.validate(part)
-        return cls(config, device, splits, vae, fixed.val, fixed.test)
+        return cls(config, device, splits, vae, val, test)
 
     def train_batch(self, index):
         return self.splits.transform_batch(self.splits.train[index])
@@ -133,6 +138,9 @@ def train(config=None, out_dir="runs/default", overrides=(), resume=False, progr
             )
         base = configuration.DEFAULTS
     config = configuration.resolve(config, overrides, base=base)
+    root = config["data"].get("root") if isinstance(config["data"], dict) else None
+    if isinstance(root, str):  # the run must find its data from any working directory
+        config["data"]["root"] = os.path.abspath(os.path.expanduser(root))
     return Trainer(Run.build(config), out_dir, progress).fit(resume)
 
 
