@@ -13,24 +13,41 @@ The ELBO per point is reconstruction − Σ_l KL_l.
 
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
+def _per_point(log_prob, num_points):
+    """A site's log-density summed to one value per data point (the data plate is dim 0)."""
+    return log_prob.reshape(num_points, -1).sum(-1) if log_prob.dim() else log_prob.expand(num_points)
+
+
 @torch.no_grad()
 def elbo_terms(vae, x):
-    """Per-point tensors: ``recon`` (N,) and ``kl`` {site: (N,)}, and ``means`` {site: (N, d)}."""
+    """Per-point tensors: ``recon`` (N,), ``kl`` {site: (N,)} and ``means`` {site: (N, d)}.
+
+    Works for any model/guide pair whose latent sites are drawn by the guide inside the
+    data plate; ``means`` holds the guide sites whose distribution has a mean.
+    """
     with poutine.block():
         guide = poutine.trace(vae.guide).get_trace(x)
         model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
-    kl, means = {}, {}
-    for site in vae.sites:
-        value = guide.nodes[site]["value"]
-        q, p = guide.nodes[site]["fn"], model.nodes[site]["fn"]
-        kl[site] = q.log_prob(value) - p.log_prob(value)
-        means[site] = q.mean
-    observed = model.nodes["x"]
-    return {"recon": observed["fn"].log_prob(observed["value"]), "kl": kl, "means": means}
+    n = len(x)
+    kl, means, recon = {}, {}, torch.zeros(n, device=x.device)
+    for name, site in model.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if site["is_observed"]:
+            recon = recon + _per_point(site["fn"].log_prob(site["value"]), n)
+        elif name in guide.nodes:
+            q, value = guide.nodes[name]["fn"], site["value"]
+            kl[name] = _per_point(q.log_prob(value) - site["fn"].log_prob(value), n)
+            try:
+                means[name] = q.mean.reshape(n, -1)
+            except (NotImplementedError, RuntimeError):
+                pass
+    return {"recon": recon, "kl": kl, "means": means}
 
 
 @torch.no_grad()
@@ -38,8 +55,8 @@ def latent_summary(vae, x, batch_size=1000):
     """Means over ``x`` of the ELBO, reconstruction and per-layer KL, and active units per layer."""
     parts = [elbo_terms(vae, xb) for xb in x.split(batch_size)]
     recon = torch.cat([p["recon"] for p in parts])
-    kl = {site: torch.cat([p["kl"][site] for p in parts]) for site in vae.sites}
-    means = {site: torch.cat([p["means"][site] for p in parts]) for site in vae.sites}
+    kl = {site: torch.cat([p["kl"][site] for p in parts]) for site in parts[0]["kl"]}
+    means = {site: torch.cat([p["means"][site] for p in parts]) for site in parts[0]["means"]}
     total_kl = sum(kl.values())
     return {
         "val_elbo": (recon - total_kl).mean().item(),

@@ -23,13 +23,13 @@ def independent_bernoulli_baseline(train, test):
     return log_px.mean().item()
 
 
-def evaluate(run_dir, num_samples=None, batch_size=None, progress=True):
+def evaluate(run_dir, num_samples=None, batch_size=None, progress=True, model=None):
     """Estimate log p(x) for every test point of the run in ``run_dir``; write ``eval.json``.
 
     Returns the summary dict that is written (see :meth:`MarginalLikelihood.summary`),
     with ``elbo_mean``, ``inference_gap_mean`` and the epoch of the checkpoint used.
     """
-    run, state = load_run(run_dir)
+    run, state = load_run(run_dir, model=model)
     if len(run.test) == 0:
         raise PyroVAEError(f"The test split of the run in '{run_dir}' is empty (its data test size is 0); "
                            "there is nothing to evaluate.")
@@ -48,7 +48,7 @@ def evaluate(run_dir, num_samples=None, batch_size=None, progress=True):
         split="test",
         epoch=state["epoch"],
     )
-    if run.config["model"]["likelihood"] in ("bernoulli", {"name": "bernoulli"}):
+    if model is None and run.config["model"]["likelihood"] in ("bernoulli", {"name": "bernoulli"}):
         summary["baseline_log_px_mean"] = independent_bernoulli_baseline(run.splits.train, run.test)
     summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
     path = os.path.join(run_dir, "eval.json")

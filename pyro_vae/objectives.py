@@ -239,12 +239,12 @@ def check_compatible(spec, vae):
     name = spec if isinstance(spec, str) else spec.get("name")
     if name != "elbo-analytic":
         return
-    if len(vae.latent_dims) > 1 and vae.inference != "top-down":
+    if len(getattr(vae, "latent_dims", ())) > 1 and vae.inference != "top-down":
         raise ConfigError(
             "elbo-analytic needs the guide to sample latent layers in the model's order: use "
             "model.inference: top-down with a hierarchy, or the objective 'elbo' or 'iwae'."
         )
-    if not analytic_kl_available(vae.prior):
+    if hasattr(vae, "prior") and not analytic_kl_available(vae.prior):
         warnings.warn(
             f"elbo-analytic: the prior {type(vae.prior).__name__} has no closed-form KL to the "
             "Gaussian guide, so the KL of the top layer falls back to a Monte Carlo estimate "

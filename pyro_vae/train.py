@@ -80,26 +80,36 @@ class Run:
     test: torch.Tensor
 
     @classmethod
-    def build(cls, config):
-        """Data, VAE and fixed evaluation views from a resolved config."""
+    def build(cls, config, model=None):
+        """Data, VAE and fixed evaluation views from a resolved config.
+
+        ``model`` replaces the VAE that ``config["model"]`` describes: any ``nn.Module``
+        with Pyro methods ``model(x)`` and ``guide(x)`` (see :func:`train`).
+        """
         configuration.check(config)
         device = resolve_device(config["device"])
         pyro.set_rng_seed(config["seed"])
         splits = load_dataset(config["data"]).to(device)
-        vae = VAE(data_shape=splits.data_shape, **config["model"]).to(device)
+        vae = model if model is not None else VAE(data_shape=splits.data_shape, **config["model"])
+        vae = vae.to(device)
         val, test = (splits.eval_split(name, EVAL_SEED) for name in ("val", "test"))
-        for chunk in splits.train.split(VALIDATION_CHUNK):  # the data as training will see them
-            vae.likelihood.validate(splits.fixed_transform(chunk, EVAL_SEED))
-        for part in (val, test):
-            vae.likelihood.validate(part)
+        likelihood = getattr(vae, "likelihood", None)
+        if likelihood is not None:
+            for chunk in splits.train.split(VALIDATION_CHUNK):  # the data as training will see them
+                likelihood.validate(splits.fixed_transform(chunk, EVAL_SEED))
+            for part in (val, test):
+                likelihood.validate(part)
         return cls(config, device, splits, vae, val, test)
 
     def train_batch(self, index):
         return self.splits.transform_batch(self.splits.train[index])
 
 
-def load_run(run_dir, map_location=None):
-    """Rebuild a finished or interrupted run from its directory (newest good checkpoint)."""
+def load_run(run_dir, map_location=None, model=None):
+    """Rebuild a finished or interrupted run from its directory (newest good checkpoint).
+
+    A run trained with a custom ``model`` needs the same (freshly built) module again.
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
@@ -107,7 +117,7 @@ def load_run(run_dir, map_location=None):
         raise PyroVAEError(f"Run directory '{run_dir}' {what}.")
     config = configuration.load_yaml(config_path)
     config.pop("data_info", None)
-    run = Run.build(configuration.resolve(config))
+    run = Run.build(configuration.resolve(config), model)
     state = CheckpointDir(run_dir / "checkpoints").load_latest(map_location or run.device)
     if state is None:
         raise PyroVAEError(f"Run directory '{run_dir}' has no loadable checkpoint.")
@@ -115,9 +125,16 @@ def load_run(run_dir, map_location=None):
     return run, state
 
 
-def train(config=None, out_dir="runs/default", overrides=(), resume=False, progress=True):
+def train(config=None, out_dir="runs/default", overrides=(), resume=False, progress=True, model=None):
     """Train the VAE described by ``config`` (a mapping merged over the defaults, then the
     ``"key=value"`` strings in ``overrides``).
+
+    ``model`` trains your own module instead of ``config["model"]``'s VAE, with the same
+    data, objective, optimiser, checkpoints and metrics: an ``nn.Module`` whose methods
+    ``model(x)`` and ``guide(x)`` are Pyro programs with a ``pyro.plate("data")`` over the
+    batch. The β schedule sets its ``beta`` attribute before each step; figures are drawn
+    if it has ``reconstruct``/``sample`` methods and data are checked if it has a
+    ``likelihood`` with ``validate``.
 
     With ``resume=True`` the run in ``out_dir`` continues from its newest good
     checkpoint (the config saved there is used, updated by ``config`` and ``overrides``)
@@ -141,7 +158,7 @@ def train(config=None, out_dir="runs/default", overrides=(), resume=False, progr
     root = config["data"].get("root") if isinstance(config["data"], dict) else None
     if isinstance(root, str):  # the run must find its data from any working directory
         config["data"]["root"] = os.path.abspath(os.path.expanduser(root))
-    return Trainer(Run.build(config), out_dir, progress).fit(resume)
+    return Trainer(Run.build(config, model), out_dir, progress).fit(resume)
 
 
 def _sync_every(device):
@@ -311,5 +328,8 @@ class Trainer:
         )
 
     def _figures(self):
-        figure = plot_reconstructions_and_samples(self.run.vae, self.run.test[:8])
+        vae = self.run.vae
+        if not (hasattr(vae, "reconstruct") and hasattr(vae, "sample") and len(self.run.test)):
+            return
+        figure = plot_reconstructions_and_samples(vae, self.run.test[:8])
         save_figure(figure, self.out_dir / "figures" / "reconstructions.png")
