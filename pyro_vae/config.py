@@ -31,7 +31,7 @@ DEFAULTS = {
     },
     "objective": {"name": "elbo", "num_particles": 1},
     "beta_schedule": {"name": "constant", "beta": 1.0},
-    "optim": {"lr": 3e-3, "lr_decay": 1.0, "clip_norm": None},
+    "optim": {"lr": 3e-3, "lr_decay": 1.0, "clip_norm": None, "eps": 1e-8},
     "train": {"epochs": 40, "batch_size": 64, "validate_every": 1},
     "eval": {"num_samples": 1000, "batch_size": 100},
 }
@@ -161,6 +161,10 @@ def check(config):
     _require(
         optim["clip_norm"] is None or (_is_number(optim["clip_norm"]) and optim["clip_norm"] > 0),
         f"optim.clip_norm must be null or > 0, got {optim['clip_norm']!r}.",
+    )
+    _require(
+        _is_number(optim["eps"]) and optim["eps"] > 0,
+        f"optim.eps (Adam's ε) must be > 0, got {optim['eps']!r}.",
     )
     for section, key in [
         ("train", "epochs"),

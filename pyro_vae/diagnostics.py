@@ -35,19 +35,23 @@ def elbo_terms(vae, x):
         model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
     n = len(x)
     kl, means, recon = {}, {}, torch.zeros(n, device=x.device)
-    for name, site in model.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
+    for _, site in _sample_sites(model):
         if site["is_observed"]:
             recon = recon + _per_point(site["fn"].log_prob(site["value"]), n)
-        elif name in guide.nodes:
-            q, value = guide.nodes[name]["fn"], site["value"]
-            kl[name] = _per_point(q.log_prob(value) - site["fn"].log_prob(value), n)
+    for name, q in _sample_sites(guide):  # latent sites in the guide's order (z1, z2, ...)
+        if name in model.nodes and not q["is_observed"]:
+            value, p = q["value"], model.nodes[name]["fn"]
+            kl[name] = _per_point(q["fn"].log_prob(value) - p.log_prob(value), n)
             try:
-                means[name] = q.mean.reshape(n, -1)
+                means[name] = q["fn"].mean.reshape(n, -1)
             except (NotImplementedError, RuntimeError):
                 pass
     return {"recon": recon, "kl": kl, "means": means}
+
+
+def _sample_sites(trace):
+    return [(name, site) for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)]
 
 
 @torch.no_grad()

@@ -166,7 +166,7 @@ def _sync_every(device):
     return 1 if device.type == "cpu" else SYNC_EVERY
 
 
-def make_adam(params, lr):
+def make_adam(params, lr, eps=1e-8):
     """``torch.optim.Adam`` with the fused kernel where the device has one (CPU and CUDA in
     current PyTorch: one pass over all parameters, about 3x faster than the default
     per-parameter loop on the CPU), else the default implementation. The fused update
@@ -176,9 +176,9 @@ def make_adam(params, lr):
     """
     params = list(params)
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
     except (RuntimeError, ValueError, TypeError):  # no fused kernel for this device/dtype
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, eps=eps)
 
 
 class Trainer:
@@ -192,7 +192,7 @@ class Trainer:
         self.objective = OBJECTIVES.build(config["objective"])
         check_compatible(config["objective"], run.vae)
         self.schedule = BETA_SCHEDULES.build(config["beta_schedule"])
-        self.optimizer = make_adam(run.vae.parameters(), lr=config["optim"]["lr"])
+        self.optimizer = make_adam(run.vae.parameters(), lr=config["optim"]["lr"], eps=config["optim"]["eps"])
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config["optim"]["lr_decay"])
         self.checkpoints = CheckpointDir(self.out_dir / "checkpoints")
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -223,13 +223,27 @@ class Trainer:
             state = self.checkpoints.load_latest()
             if state is not None:
                 self.restore(state)
+                self._apply_optim_overrides(configuration.load_yaml(self.out_dir / "config.yaml")["optim"])
             self._truncate_metrics()
-            return
-        self.metrics_path.write_text("")
+        else:
+            self.metrics_path.write_text("")
         resolved = dict(self.run.config, data_info=self.run.splits.info)
         tmp = self.out_dir / "config.yaml.tmp"
         tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
         tmp.replace(self.out_dir / "config.yaml")  # the run exists once its config is complete
+
+    def _apply_optim_overrides(self, saved):
+        """Optimiser settings changed on resume (``--set optim.lr=...``) apply from now on;
+        unchanged ones keep the checkpoint's state (e.g. the decayed learning rate)."""
+        new = self.run.config["optim"]
+        for group in self.optimizer.param_groups:
+            for key in ("lr", "eps"):
+                if new[key] != saved.get(key):
+                    group[key] = new[key]
+        if new["lr"] != saved.get("lr"):
+            self.scheduler.base_lrs = [new["lr"]] * len(self.optimizer.param_groups)
+        if new["lr_decay"] != saved.get("lr_decay"):
+            self.scheduler.gamma = new["lr_decay"]
 
     def _truncate_metrics(self):
         """Drop metric lines of epochs after the checkpoint we resume from (and a torn last line)."""
