@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from . import config as configuration
 from .checkpoints import CheckpointDir
 from .data import batches, load_dataset
-from .diagnostics import latent_summary
+from .diagnostics import elbo_terms, latent_summary
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
 from .objectives import OBJECTIVES, check_compatible, step_loss
@@ -292,7 +292,7 @@ class Trainer:
             loss = step_loss(self.objective, vae.model, vae.guide, x)
             pending.append(loss)
             if len(pending) >= sync_every or step == num_batches - 1:
-                self._check_finite(pending, step)
+                self._check_finite(pending, step, x)
                 pending.clear()
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(vae.parameters(), clip)
@@ -321,21 +321,34 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
         self.checkpoints.save(self.state(), self.epoch)
 
-    def _check_finite(self, losses, step):
+    def _check_finite(self, losses, step, x):
         """Raise :class:`TrainingDiverged` if a loss of the steps ending at ``step`` is NaN/inf."""
         if len(losses) == 1:
             if math.isfinite(losses[0].item()):
                 return
-            self._diverged(step)
+            self._diverged(step, x)
         finite = torch.isfinite(torch.stack([loss.to(torch.float64) for loss in losses]))
         if bool(finite.all()):
             return
-        self._diverged(step - len(losses) + 1 + int((~finite).nonzero()[0, 0]))
+        self._diverged(step - len(losses) + 1 + int((~finite).nonzero()[0, 0]), x)
 
-    def _diverged(self, step):
+    def _bad_terms(self, x):
+        """Which ELBO terms are NaN/inf on the batch ``x``, in words."""
+        vae = self.run.vae
+        if not all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
+            return "the parameters themselves (an optimiser step diverged)"
+        terms = elbo_terms(vae, x)
+        bad = [f"the KL term of latent site '{site}'" for site, value in terms["kl"].items()
+               if not bool(torch.isfinite(value).all())]
+        if not bool(torch.isfinite(terms["recon"]).all()):
+            bad.insert(0, "the reconstruction term log p(x|z)")
+        return ", ".join(bad) or "none on recomputing this batch (an extreme draw of z)"
+
+    def _diverged(self, step, x):
         kept = self.checkpoints.paths()
         raise TrainingDiverged(
-            f"The loss became NaN or infinite at epoch {self.epoch + 1}, step {step + 1}. "
+            f"The loss became NaN or infinite at epoch {self.epoch + 1}, step {step + 1}; "
+            f"non-finite: {self._bad_terms(x)}. "
             + (f"The last good checkpoint '{kept[0]}' is kept. " if kept else "")
             + "Try a lower optim.lr, set optim.clip_norm (e.g. 10), or check the data's scale "
             "against the likelihood."

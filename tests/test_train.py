@@ -2,11 +2,13 @@ import io
 import json
 import pickle
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 import yaml
 
-from pyro_vae import PyroVAEError, train
+from pyro_vae import VAE, PyroVAEError, train
 from pyro_vae.checkpoints import CheckpointDir, CheckpointError, load_checkpoint
 from pyro_vae.cli import main
 
@@ -95,3 +97,27 @@ def test_cli_train_and_bad_input_exit_codes(tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "w").exists()
     assert main(["evaluate", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+class _ZeroNoiseVAE(torch.nn.Module):
+    """A model whose likelihood has scale 0: log p(x|z) is NaN, the KL is fine."""
+
+    def __init__(self):
+        super().__init__()
+        self.vae = VAE(data_shape=(1, 8, 8), latent_dim=2)
+
+    def model(self, x):
+        pyro.module("zero_noise", self)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            loc = self.vae.decoder(z)
+            pyro.sample("x", dist.Normal(loc, torch.zeros_like(loc)).to_event(3), obs=x)
+
+    def guide(self, x):
+        self.vae.guide(x)
+
+
+def test_nan_loss_names_the_bad_term_and_keeps_the_checkpoint(tmp_path):
+    with pytest.raises(PyroVAEError, match="non-finite: the reconstruction term"):
+        train(SMALL, tmp_path / "run", model=_ZeroNoiseVAE(), progress=False)
+    assert not CheckpointDir(tmp_path / "run" / "checkpoints").paths()
