@@ -32,11 +32,13 @@ import pyro.distributions as dist
 import torch
 import torch.nn as nn
 from pyro import poutine
+from pyro.infer.util import is_validation_enabled
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .likelihoods import build_likelihood
 from .networks import build_network
 from .priors import build_prior
+from .registry import suggest
 
 LOGVAR_BOUND = 30.0
 """``|log σ²|`` of Gaussian latents is clamped to this bound, so exp() cannot overflow."""
@@ -74,9 +76,13 @@ def diagonal_normal(loc, logvar):
 
 
 def _shape(value, what):
-    shape = (value,) if isinstance(value, int) else tuple(value)
+    message = f"{what} must be a positive int or a sequence of them, got {value!r}."
+    try:
+        shape = (value,) if isinstance(value, int) else tuple(value)
+    except TypeError:
+        raise ConfigError(message) from None
     if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise ConfigError(f"{what} must be a positive int or a sequence of them, got {value!r}.")
+        raise ConfigError(message)
     return shape
 
 
@@ -118,7 +124,10 @@ class VAE(nn.Module):
         self.data_shape = _shape(data_shape, "data_shape")
         self.latent_dims = _shape(latent_dim, "latent_dim")
         if inference not in INFERENCE:
-            raise ConfigError(f"Unknown inference '{inference}'; choose one of {', '.join(INFERENCE)}.")
+            raise ConfigError(f"Unknown inference '{inference}'.{suggest(inference, INFERENCE)} "
+                              f"Choose one of {', '.join(INFERENCE)}.")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"name (the param-store prefix) must be a non-empty string, got {name!r}.")
         self.inference = inference
         self.name = name
         depth = len(self.latent_dims)
@@ -173,8 +182,21 @@ class VAE(nn.Module):
         """The mean and log-variance of the top layer's q along the path of means."""
         return self.encode_layers(x)[-1]
 
+    def check_input(self, x):
+        """Raise :class:`~pyro_vae.errors.DataError` unless ``x`` is a float tensor shaped
+        ``(batch, *data_shape)``; with Pyro validation on, also check the likelihood's support.
+        (Training runs with validation off after checking the data once.)"""
+        dtype = next(self.parameters()).dtype
+        if not torch.is_tensor(x) or x.dtype != dtype or tuple(x.shape[1:]) != self.data_shape:
+            what = f"{x.dtype} tensor of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+            raise DataError(f"x must be a {dtype} tensor of shape (batch, *{self.data_shape}) like the "
+                            f"model's parameters, got a {what}.")
+        if is_validation_enabled():
+            self.likelihood.validate(x)
+
     def model(self, x):
         """p(z_L) ∏ p(z_l|z_{l+1}) p(x|z_1) with x observed; ``x`` has shape ``(batch, *data_shape)``."""
+        self.check_input(x)
         pyro.module(self.name, self)
         with pyro.plate("data", x.shape[0], device=x.device):
             z = self._sample(-1, self.prior())
@@ -184,6 +206,7 @@ class VAE(nn.Module):
 
     def guide(self, x):
         """q(z|x): diagonal Gaussians with mean and log-variance from the networks, reparameterised."""
+        self.check_input(x)
         pyro.module(self.name, self)
         with pyro.plate("data", x.shape[0], device=x.device):
             if self.inference == "top-down" and self.upward:

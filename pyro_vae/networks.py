@@ -43,7 +43,7 @@ ACTIVATIONS = {
 
 def make_activation(name):
     """The activation module called ``name``."""
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise ConfigError(
             f"Unknown activation '{name}'.{suggest(name, ACTIVATIONS)} "
             f"Valid activations: {', '.join(sorted(ACTIVATIONS))}."
@@ -159,12 +159,12 @@ class ConvDecoder(Network):
 
 
 def _check_widths(hidden):
-    if isinstance(hidden, int):
-        hidden = [hidden]
-    widths = list(hidden)
-    if not all(isinstance(w, int) and w > 0 for w in widths):
+    widths = [hidden] if isinstance(hidden, int) else hidden
+    if not isinstance(widths, (list, tuple)) or not all(
+        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths
+    ):
         raise ConfigError(f"Hidden widths must be positive integers, got {hidden!r}.")
-    return widths
+    return list(widths)
 
 
 def build_network(spec, in_shape, out_shape):

@@ -195,7 +195,7 @@ class Flow(nn.Module):
 
     def __init__(self, latent_dim, num_flows=2, transform="affine-autoregressive"):
         super().__init__()
-        if transform not in FLOW_TRANSFORMS:
+        if not isinstance(transform, str) or transform not in FLOW_TRANSFORMS:
             raise ConfigError(
                 f"Unknown flow transform {transform!r}; choose one of {', '.join(FLOW_TRANSFORMS)}."
             )

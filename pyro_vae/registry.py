@@ -69,6 +69,8 @@ def split_spec(spec, kind):
     if isinstance(spec, dict):
         if "name" not in spec:
             raise ConfigError(f"A {kind} given as a mapping needs a 'name' key, got {spec!r}.")
+        if not isinstance(spec["name"], str):
+            raise ConfigError(f"The name of a {kind} must be a string, got {spec['name']!r}.")
         options = {k: v for k, v in spec.items() if k != "name"}
         return spec["name"], options
     raise ConfigError(f"A {kind} must be a name or a mapping with a 'name' key, got {spec!r}.")

@@ -13,6 +13,8 @@ layer; a schedule's shape f(t) ∈ [0, 1] then applies to every layer:
   cycle and stays there: β(t) = beta·min(1, (t mod L) / (ratio·L)).
 """
 
+import math
+
 from .errors import ConfigError
 from .registry import Registry
 
@@ -24,14 +26,16 @@ def _non_negative(value, what):
         if not value:
             raise ConfigError(f"{what} must not be an empty list.")
         return tuple(_non_negative(v, what) for v in value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{what} must be a number >= 0 (or a list of them), got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(
+            f"beta schedule option {what!r} must be a finite number >= 0 (or a list), got {value!r}."
+        )
     return float(value)
 
 
 def _positive(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{what} must be a number > 0, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"beta schedule option {what!r} must be a finite number > 0, got {value!r}.")
     return float(value)
 
 

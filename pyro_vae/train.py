@@ -23,6 +23,7 @@ each batch gets a fresh Bernoulli draw on the device. A run directory holds
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import config as configuration
-from .checkpoints import CheckpointDir
+from .checkpoints import CheckpointDir, CheckpointError
 from .data import batches, load_dataset
 from .diagnostics import elbo_terms, latent_summary
 from .errors import ConfigError, PyroVAEError
@@ -121,7 +122,7 @@ def load_run(run_dir, map_location=None, model=None):
     state = CheckpointDir(run_dir / "checkpoints").load_latest(map_location or run.device)
     if state is None:
         raise PyroVAEError(f"Run directory '{run_dir}' has no loadable checkpoint.")
-    run.vae.load_state_dict(state["model"])
+    load_model_state(run.vae, state, run_dir)
     return run, state
 
 
@@ -161,6 +162,16 @@ def train(config=None, out_dir="runs/default", overrides=(), resume=False, progr
     return Trainer(Run.build(config, model), out_dir, progress).fit(resume)
 
 
+def load_model_state(vae, state, run_dir):
+    """``vae.load_state_dict(state["model"])``, with a clear error when they do not fit."""
+    try:
+        vae.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CheckpointError(f"The checkpoint in '{run_dir}' does not fit the model its config.yaml "
+                              f"describes (was config.yaml edited?): {first}") from None
+
+
 def _sync_every(device):
     """Steps between NaN/inf checks of the loss (each reads a value back from the device)."""
     return 1 if device.type == "cpu" else SYNC_EVERY
@@ -192,6 +203,7 @@ class Trainer:
         self.objective = OBJECTIVES.build(config["objective"])
         check_compatible(config["objective"], run.vae)
         self.schedule = BETA_SCHEDULES.build(config["beta_schedule"])
+        run.vae.beta = self.schedule(0.0)  # a β that does not fit the model fails before any write
         self.optimizer = make_adam(run.vae.parameters(), lr=config["optim"]["lr"], eps=config["optim"]["eps"])
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config["optim"]["lr_decay"])
         self.checkpoints = CheckpointDir(self.out_dir / "checkpoints")
@@ -210,7 +222,7 @@ class Trainer:
 
     def restore(self, state):
         self.epoch = state["epoch"]
-        self.run.vae.load_state_dict(state["model"])
+        load_model_state(self.run.vae, state, self.out_dir)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -218,9 +230,15 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def _start(self, resume):
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError, PermissionError) as error:
+            raise PyroVAEError(f"Cannot use '{self.out_dir}' as the run directory: "
+                               f"{error.strerror or error}.") from None
         if resume:
             state = self.checkpoints.load_latest()
+            if state is None and self.checkpoints.paths():
+                raise CheckpointError(f"Cannot resume '{self.out_dir}': none of its checkpoints loads.")
             if state is not None:
                 self.restore(state)
                 self._apply_optim_overrides(configuration.load_yaml(self.out_dir / "config.yaml")["optim"])
@@ -259,7 +277,16 @@ class Trainer:
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
     def fit(self, resume=False):
+        fresh = not self.out_dir.exists()
         self._start(resume)
+        try:
+            return self._fit()
+        except TrainingDiverged:
+            if fresh and not self.checkpoints.paths():  # nothing worth keeping: leave no run behind
+                shutil.rmtree(self.out_dir, ignore_errors=True)
+            raise
+
+    def _fit(self):
         config = self.run.config
         epochs, batch_size = config["train"]["epochs"], config["train"]["batch_size"]
         num_train = len(self.run.splits.train)
