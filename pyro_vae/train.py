@@ -375,7 +375,7 @@ class Trainer:
         kept = self.checkpoints.paths()
         raise TrainingDiverged(
             f"The loss became NaN or infinite at epoch {self.epoch + 1}, step {step + 1}; "
-            f"non-finite: {self._bad_terms(x)}. "
+            f"non-finite on the current batch: {self._bad_terms(x)}. "
             + (f"The last good checkpoint '{kept[0]}' is kept. " if kept else "")
             + "Try a lower optim.lr, set optim.clip_norm (e.g. 10), or check the data's scale "
             "against the likelihood."

@@ -118,6 +118,6 @@ class _ZeroNoiseVAE(torch.nn.Module):
 
 
 def test_nan_loss_names_the_bad_term_and_keeps_the_checkpoint(tmp_path):
-    with pytest.raises(PyroVAEError, match="non-finite: the reconstruction term"):
+    with pytest.raises(PyroVAEError, match="non-finite on the current batch: the reconstruction term"):
         train(SMALL, tmp_path / "run", model=_ZeroNoiseVAE(), progress=False)
     assert not CheckpointDir(tmp_path / "run" / "checkpoints").paths()
