@@ -20,6 +20,7 @@ each batch gets a fresh Bernoulli draw on the device. A run directory holds
 ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` and ``figures/``.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import config as configuration
 from .checkpoints import CheckpointDir, CheckpointError
-from .data import batches, load_dataset
+from .data import batches, fits_on_device, load_dataset, make_loader
 from .diagnostics import elbo_terms, latent_summary
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
@@ -79,6 +80,7 @@ class Run:
     vae: VAE
     val: torch.Tensor
     test: torch.Tensor
+    streaming: bool = False
 
     @classmethod
     def build(cls, config, model=None):
@@ -90,7 +92,12 @@ class Run:
         configuration.check(config)
         device = resolve_device(config["device"])
         pyro.set_rng_seed(config["seed"])
-        splits = load_dataset(config["data"]).to(device)
+        splits = load_dataset(config["data"])
+        streaming = not fits_on_device(splits, device)
+        if streaming:  # the training split stays in host memory and is streamed in batches
+            splits = dataclasses.replace(splits, val=splits.val.to(device), test=splits.test.to(device))
+        else:
+            splits = splits.to(device)
         vae = model if model is not None else VAE(data_shape=splits.data_shape, **config["model"])
         vae = vae.to(device)
         val, test = (splits.eval_split(name, EVAL_SEED) for name in ("val", "test"))
@@ -100,10 +107,19 @@ class Run:
                 likelihood.validate(splits.fixed_transform(chunk, EVAL_SEED))
             for part in (val, test):
                 likelihood.validate(part)
-        return cls(config, device, splits, vae, val, test)
+        return cls(config, device, splits, vae, val, test, streaming)
 
-    def train_batch(self, index):
-        return self.splits.transform_batch(self.splits.train[index])
+    def train_batches(self, batch_size, generator):
+        """One epoch of training batches on the device, in the order of :func:`~pyro_vae.data.batches`:
+        indexed from the device-resident tensor, or streamed through a DataLoader (pinned
+        memory, non-blocking copies) when the data did not fit on the device."""
+        train = self.splits.train
+        if self.streaming:
+            source = make_loader(train, batch_size, generator, self.device)
+        else:
+            source = (train[index] for index in batches(len(train), batch_size, generator, self.device))
+        for x in source:
+            yield self.splits.transform_batch(x)
 
 
 def load_run(run_dir, map_location=None, model=None):
@@ -313,9 +329,8 @@ class Trainer:
         pending = []  # losses not yet checked for NaN/inf
         show_postfix = not bar.disable
         next_postfix = time.monotonic()
-        for step, index in enumerate(batches(len(run.splits.train), batch_size, generator, run.device)):
+        for step, x in enumerate(run.train_batches(batch_size, generator)):
             vae.beta = self.schedule(self.epoch + step / num_batches)
-            x = run.train_batch(index)
             loss = step_loss(self.objective, vae.model, vae.guide, x)
             pending.append(loss)
             if len(pending) >= sync_every or step == num_batches - 1:

@@ -1,6 +1,7 @@
 import io
 import json
 import pickle
+import sys
 
 import pyro
 import pyro.distributions as dist
@@ -121,3 +122,13 @@ def test_nan_loss_names_the_bad_term_and_keeps_the_checkpoint(tmp_path):
     with pytest.raises(PyroVAEError, match="non-finite on the current batch: the reconstruction term"):
         train(SMALL, tmp_path / "run", model=_ZeroNoiseVAE(), progress=False)
     assert not CheckpointDir(tmp_path / "run" / "checkpoints").paths()
+
+
+def test_streaming_path_gives_the_same_run_as_device_resident_data(tmp_path, monkeypatch):
+    resident = params(train(SMALL, tmp_path / "resident", progress=False))
+    trainer_module = sys.modules["pyro_vae.train"]  # the name pyro_vae.train is the function
+    monkeypatch.setattr(trainer_module, "fits_on_device", lambda splits, device: False)
+    run = train(SMALL, tmp_path / "streamed", progress=False)
+    assert run.streaming
+    streamed = params(run)
+    assert all(torch.equal(resident[k], streamed[k]) for k in resident)
