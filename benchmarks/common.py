@@ -352,6 +352,22 @@ def ratio_stats(times: dict[str, list[float]], side: str, base: str) -> dict[str
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
+def side_summary(times: dict, name: str, key: str, medians: dict[str, float], digits: int):
+    """The JSON entry and table row of one timed side: its median per clock (``medians``,
+    recorded under ``key``) and its ratios to the hand-written references."""
+    entry = {clock: {key: medians[clock]} for clock in CLOCKS}
+    row = [name, *(f"{medians[clock]:.{digits}f}" for clock in CLOCKS)]
+    for base in ("torch", "torch+fused"):
+        for clock in CLOCKS:
+            if base in times[clock]:
+                stats = ratio_stats(times[clock], name, base)
+                entry[clock][f"vs {base}"] = stats
+                row.append(fmt_ratio(stats))
+            else:
+                row.append("-")
+    return entry, row
+
+
 def fmt_ratio(stats: dict[str, float]) -> str:
     return f"{stats['median']:.3f} [{stats['min']:.2f}-{stats['max']:.2f}]"
 

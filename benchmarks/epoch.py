@@ -234,17 +234,8 @@ def main(argv=None):
                 rows = [["side", "wall s/epoch", "cpu s/epoch", "wall / torch", "cpu / torch",
                          "wall / torch+fused", "cpu / torch+fused"]]
                 for name in names:
-                    entry = {clock: {"s_per_epoch": common.median_ms(times[clock][name]) / 1e3}
-                             for clock in common.CLOCKS}
-                    row = [name, f"{entry['wall']['s_per_epoch']:.3f}", f"{entry['cpu']['s_per_epoch']:.3f}"]
-                    for base in ("torch", "torch+fused"):
-                        for clock in common.CLOCKS:
-                            if base in times[clock]:
-                                stats = common.ratio_stats(times[clock], name, base)
-                                entry[clock][f"vs {base}"] = stats
-                                row.append(common.fmt_ratio(stats))
-                            else:
-                                row.append("-")
+                    medians = {clock: common.median_ms(times[clock][name]) / 1e3 for clock in common.CLOCKS}
+                    entry, row = common.side_summary(times, name, "s_per_epoch", medians, digits=3)
                     rows.append(row)
                     run["sides"][name] = entry
                 print("  " + common.table(rows).replace("\n", "\n  "))

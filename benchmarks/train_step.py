@@ -183,17 +183,8 @@ def main(argv=None):
                      "wall / torch+fused", "cpu / torch+fused"]]
             run = {"network": label, "batch": batch, "steps_per_repeat": n, "sides": {}}
             for name in names:
-                entry = {clock: {"ms_per_step": common.median_ms(times[clock][name], n)}
-                         for clock in common.CLOCKS}
-                row = [name, f"{entry['wall']['ms_per_step']:.2f}", f"{entry['cpu']['ms_per_step']:.2f}"]
-                for base in ("torch", "torch+fused"):
-                    for clock in common.CLOCKS:
-                        if base in times[clock]:
-                            stats = common.ratio_stats(times[clock], name, base)
-                            entry[clock][f"vs {base}"] = stats
-                            row.append(common.fmt_ratio(stats))
-                        else:
-                            row.append("-")
+                medians = {clock: common.median_ms(times[clock][name], n) for clock in common.CLOCKS}
+                entry, row = common.side_summary(times, name, "ms_per_step", medians, digits=2)
                 rows.append(row)
                 run["sides"][name] = entry
             print(f"  {n} steps per repeat")
