@@ -32,12 +32,15 @@ from pathlib import Path
 import pyro
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import config as configuration
+from . import distributed
 from .checkpoints import CheckpointDir, CheckpointError
 from .data import batches, fits_on_device, load_dataset, make_loader
 from .diagnostics import elbo_terms, latent_summary
+from .distributed import Distributed, ELBOLoss
 from .errors import ConfigError, PyroVAEError
 from .model import VAE
 from .objectives import OBJECTIVES, check_compatible, step_loss
@@ -46,6 +49,7 @@ from .schedules import BETA_SCHEDULES
 
 EVAL_SEED = 12345
 """Seed of the fixed binarisation (or dequantisation) of the data used for evaluation."""
+SINGLE_PROCESS = Distributed()
 VALIDATION_CHUNK = 8192
 """Training data are checked against the likelihood's support this many points at a time."""
 SYNC_EVERY = 50
@@ -83,7 +87,7 @@ class Run:
     streaming: bool = False
 
     @classmethod
-    def build(cls, config, model=None):
+    def build(cls, config, model=None, local_rank=None):
         """Data, VAE and fixed evaluation views from a resolved config.
 
         ``model`` replaces the VAE that ``config["model"]`` describes: any ``nn.Module``
@@ -91,6 +95,8 @@ class Run:
         """
         configuration.check(config)
         device = resolve_device(config["device"])
+        if local_rank is not None and device.type == "cuda":  # one GPU per process (torchrun)
+            device = torch.device("cuda", local_rank)
         pyro.set_rng_seed(config["seed"])
         splits = load_dataset(config["data"])
         streaming = not fits_on_device(splits, device)
@@ -109,12 +115,16 @@ class Run:
                 likelihood.validate(part)
         return cls(config, device, splits, vae, val, test, streaming)
 
-    def train_batches(self, batch_size, generator):
+    def train_batches(self, batch_size, generator, ctx=SINGLE_PROCESS):
         """One epoch of training batches on the device, in the order of :func:`~pyro_vae.data.batches`:
         indexed from the device-resident tensor, or streamed through a DataLoader (pinned
-        memory, non-blocking copies) when the data did not fit on the device."""
+        memory, non-blocking copies) when the data did not fit on the device. With several
+        processes, this rank's share of each global batch of ``batch_size × world_size``."""
         train = self.splits.train
-        if self.streaming:
+        if ctx.enabled:
+            order = batches(len(train), batch_size * ctx.world_size, generator, train.device)
+            source = (train[ctx.shard(index)].to(self.device, non_blocking=True) for index in order)
+        elif self.streaming:
             source = make_loader(train, batch_size, generator, self.device)
         else:
             source = (train[index] for index in batches(len(train), batch_size, generator, self.device))
@@ -175,7 +185,9 @@ def train(config=None, out_dir="runs/default", overrides=(), resume=False, progr
     root = config["data"].get("root") if isinstance(config["data"], dict) else None
     if isinstance(root, str):  # the run must find its data from any working directory
         config["data"]["root"] = os.path.abspath(os.path.expanduser(root))
-    return Trainer(Run.build(config, model), out_dir, progress).fit(resume)
+    ctx = distributed.setup()
+    run = Run.build(config, model, ctx.local_rank if ctx.enabled else None)
+    return Trainer(run, out_dir, progress, ctx).fit(resume)
 
 
 def load_model_state(vae, state, run_dir):
@@ -211,8 +223,10 @@ def make_adam(params, lr, eps=1e-8):
 class Trainer:
     """Runs the epochs of one :class:`Run`, writing metrics, checkpoints and figures."""
 
-    def __init__(self, run, out_dir, progress=True):
+    def __init__(self, run, out_dir, progress=True, ctx=None):
         self.run = run
+        self.ctx = ctx or Distributed()
+        self.ddp = None  # the DistributedDataParallel loss module, with several processes
         self.out_dir = Path(out_dir)
         self.progress = progress
         config = run.config
@@ -246,8 +260,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def _start(self, resume):
+        main = self.ctx.is_main
         try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if main:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError, PermissionError) as error:
             raise PyroVAEError(f"Cannot use '{self.out_dir}' as the run directory: "
                                f"{error.strerror or error}.") from None
@@ -258,9 +274,12 @@ class Trainer:
             if state is not None:
                 self.restore(state)
                 self._apply_optim_overrides(configuration.load_yaml(self.out_dir / "config.yaml")["optim"])
-            self._truncate_metrics()
-        else:
+            if main:
+                self._truncate_metrics()
+        elif main:
             self.metrics_path.write_text("")
+        if not main:  # only rank 0 writes
+            return
         resolved = dict(self.run.config, data_info=self.run.splits.info)
         tmp = self.out_dir / "config.yaml.tmp"
         tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -306,9 +325,14 @@ class Trainer:
         config = self.run.config
         epochs, batch_size = config["train"]["epochs"], config["train"]["batch_size"]
         num_train = len(self.run.splits.train)
-        num_batches = math.ceil(num_train / batch_size)
+        num_batches = math.ceil(num_train / (batch_size * self.ctx.world_size))
+        if self.ctx.enabled:
+            device_ids = [self.run.device.index] if self.run.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(
+                ELBOLoss(self.run.vae, self.objective, self.ctx.world_size), device_ids=device_ids)
         bar = tqdm(
-            total=(epochs - self.epoch) * num_batches, disable=not self.progress, unit="batch",
+            total=(epochs - self.epoch) * num_batches, disable=not (self.progress and self.ctx.is_main),
+            unit="batch",
             desc="train", dynamic_ncols=True,
         )
         with bar, pyro.validation_enabled(False):
@@ -321,6 +345,8 @@ class Trainer:
         run, vae, config = self.run, self.run.vae, self.run.config
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + self.epoch)
+        if self.ctx.enabled:  # each rank its own noise, reproducible per epoch (and so on resume)
+            pyro.set_rng_seed((config["seed"] * 1_000_003 + self.epoch) * 1009 + self.ctx.rank)
         clip = config["optim"]["clip_norm"]
         sync_every = _sync_every(run.device)
         # float64 as the former Python-float sum (bit-identical); MPS has no float64
@@ -329,9 +355,9 @@ class Trainer:
         pending = []  # losses not yet checked for NaN/inf
         show_postfix = not bar.disable
         next_postfix = time.monotonic()
-        for step, x in enumerate(run.train_batches(batch_size, generator)):
+        for step, x in enumerate(run.train_batches(batch_size, generator, self.ctx)):
             vae.beta = self.schedule(self.epoch + step / num_batches)
-            loss = step_loss(self.objective, vae.model, vae.guide, x)
+            loss = self._step(x)
             pending.append(loss)
             if len(pending) >= sync_every or step == num_batches - 1:
                 self._check_finite(pending, step, x)
@@ -349,11 +375,13 @@ class Trainer:
         self.epoch += 1
         record = {
             "epoch": self.epoch,
-            "train_loss": total.item() / len(run.splits.train),
+            "train_loss": self.ctx.sum(total).item() / len(run.splits.train),
             "beta": vae.beta,
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
         }
+        if not self.ctx.is_main:  # only rank 0 validates and writes
+            return
         last = self.epoch == config["train"]["epochs"]
         if len(run.val) and (self.epoch % config["train"]["validate_every"] == 0 or last):
             record.update(latent_summary(vae, run.val, config["eval"]["batch_size"]))
@@ -362,6 +390,16 @@ class Trainer:
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         self.checkpoints.save(self.state(), self.epoch)
+
+    def _step(self, x):
+        """Back-propagate the loss of batch ``x``; return it, detached. With several processes
+        through DDP, which averages the (world-size scaled) gradients over ranks."""
+        vae = self.run.vae
+        if self.ddp is None:
+            return step_loss(self.objective, vae.model, vae.guide, x)
+        loss = self.ddp(x)
+        loss.backward()
+        return loss.detach() / self.ctx.world_size
 
     def _check_finite(self, losses, step, x):
         """Raise :class:`TrainingDiverged` if a loss of the steps ending at ``step`` is NaN/inf."""
@@ -398,7 +436,8 @@ class Trainer:
 
     def _figures(self):
         vae = self.run.vae
-        if not (hasattr(vae, "reconstruct") and hasattr(vae, "sample") and len(self.run.test)):
+        drawable = hasattr(vae, "reconstruct") and hasattr(vae, "sample") and len(self.run.test)
+        if not (self.ctx.is_main and drawable):
             return
         figure = plot_reconstructions_and_samples(vae, self.run.test[:8])
         save_figure(figure, self.out_dir / "figures" / "reconstructions.png")
