@@ -6,6 +6,7 @@ stderr and exits with status 2; nothing is half-written.
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -46,6 +47,11 @@ def _parser():
     return parser
 
 
+def _is_main_process():
+    """False in the processes of a torchrun launch other than rank 0 (they print nothing)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _train(args):
     from .config import load_yaml
     from .train import train
@@ -55,14 +61,16 @@ def _train(args):
         raise PyroVAEError("--resume needs --out RUN_DIR (the run to continue).")
     out = args.out or time.strftime("runs/%Y%m%d-%H%M%S")
     run = train(user, out, overrides=args.overrides, resume=args.resume, progress=not args.no_progress)
-    print(f"Run directory: {out} (trained {run.config['train']['epochs']} epochs)")
+    if _is_main_process():
+        print(f"Run directory: {out} (trained {run.config['train']['epochs']} epochs)")
 
 
 def _evaluate(args):
     from .evaluate import evaluate
 
     summary = evaluate(args.run_dir, args.num_samples, args.batch_size, progress=not args.no_progress)
-    print(json.dumps(summary, indent=2))
+    if _is_main_process():
+        print(json.dumps(summary, indent=2))
 
 
 def _list(_args):

@@ -6,8 +6,9 @@ import os
 
 import torch
 
+from . import distributed
+from .distributed import sharded_log_likelihood
 from .errors import PyroVAEError
-from .marginal import log_likelihood
 from .plots import plot_marginal_diagnostics, save_figure
 from .train import load_run
 
@@ -37,9 +38,11 @@ def evaluate(run_dir, num_samples=None, batch_size=None, progress=True, model=No
     num_samples = eval_config["num_samples"] if num_samples is None else num_samples
     vae = run.vae
     vae.eval()
-    result = log_likelihood(
+    ctx = distributed.setup()
+    result = sharded_log_likelihood(
         vae.model, vae.guide, run.test, num_samples=num_samples,
-        batch_size=eval_config["batch_size"] if batch_size is None else batch_size, progress=progress,
+        batch_size=eval_config["batch_size"] if batch_size is None else batch_size,
+        seed=run.config["seed"], ctx=ctx, progress=progress and ctx.is_main,
     )
     summary = result.summary()
     summary.update(
@@ -51,6 +54,8 @@ def evaluate(run_dir, num_samples=None, batch_size=None, progress=True, model=No
     if model is None and run.config["model"]["likelihood"] in ("bernoulli", {"name": "bernoulli"}):
         summary["baseline_log_px_mean"] = independent_bernoulli_baseline(run.splits.train, run.test)
     summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+    if not ctx.is_main:  # only rank 0 writes
+        return summary
     path = os.path.join(run_dir, "eval.json")
     with open(path + ".tmp", "w") as handle:
         json.dump(summary, handle, indent=2)

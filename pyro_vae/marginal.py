@@ -686,11 +686,12 @@ def _estimate(
     result = MarginalLikelihood(
         num_samples=num_samples, khat_threshold=khat_threshold(num_samples), **out
     )
-    _warn_khat(result)
+    warn_if_unreliable(result)
     return result
 
 
-def _warn_khat(result: MarginalLikelihood) -> None:
+def warn_if_unreliable(result: MarginalLikelihood) -> None:
+    """Warn (:class:`ImportanceSamplingWarning`) about points whose estimate cannot be trusted."""
     n_zero = int((result.log_px == -math.inf).sum())
     if n_zero:
         warnings.warn(

@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) train like one process with the same global batch."""
+"""Two CPU processes (gloo) train like one process with the same global batch, and
+evaluate to the same per-point estimates."""
 
 import os
 import socket
@@ -10,7 +11,8 @@ import torch.distributed
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from pyro_vae import train
+from pyro_vae import load_run, train
+from pyro_vae.distributed import setup, sharded_log_likelihood
 
 WORLD_SIZE, LOCAL_BATCH = 2, 16
 
@@ -70,3 +72,27 @@ def test_two_gloo_processes_match_one_process_with_the_global_batch(tmp_path):
     assert not torch.allclose(single["decoder.weight"], DeltaGuideVAE().decoder.weight)  # it trained
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # written once, by rank 0
+
+
+def _evaluate_worker(rank, port, run_dir, results):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ctx = setup()
+    run, _ = load_run(run_dir)
+    result = sharded_log_likelihood(run.vae.model, run.vae.guide, run.test, num_samples=30,
+                                    batch_size=50, seed=7, ctx=ctx)
+    torch.save(result.log_px, os.path.join(results, f"log_px{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_distributed_evaluation_matches_one_process(tmp_path):
+    run_dir = tmp_path / "run"
+    train({"train": {"epochs": 1}}, run_dir, progress=False)
+    mp.spawn(_evaluate_worker, args=(free_port(), str(run_dir), str(tmp_path)), nprocs=WORLD_SIZE)
+    run, _ = load_run(run_dir)
+    single = sharded_log_likelihood(run.vae.model, run.vae.guide, run.test, num_samples=30,
+                                    batch_size=50, seed=7)
+    for rank in range(WORLD_SIZE):
+        gathered = torch.load(tmp_path / f"log_px{rank}.pt", weights_only=True)
+        assert gathered.shape == (360,) and torch.equal(gathered, single.log_px)
