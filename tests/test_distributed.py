@@ -96,3 +96,20 @@ def test_distributed_evaluation_matches_one_process(tmp_path):
     for rank in range(WORLD_SIZE):
         gathered = torch.load(tmp_path / f"log_px{rank}.pt", weights_only=True)
         assert gathered.shape == (360,) and torch.equal(gathered, single.log_px)
+
+
+def _resume_worker(rank, port, out, epochs, resume):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    overrides = [f"train.epochs={epochs}", "model.encoder.hidden=[16]", "model.decoder.hidden=[16]"]
+    train(None, out, overrides=overrides, resume=resume, progress=False)
+    torch.distributed.destroy_process_group()
+
+
+def test_distributed_resume_ends_like_an_uninterrupted_distributed_run(tmp_path):
+    for out, epochs, resume in [("full", 2, False), ("cut", 1, False), ("cut", 2, True)]:
+        mp.spawn(_resume_worker, args=(free_port(), str(tmp_path / out), epochs, resume), nprocs=WORLD_SIZE)
+    full, cut = (torch.load(tmp_path / name / "checkpoints" / "epoch-0002.pt", weights_only=True)["model"]
+                 for name in ("full", "cut"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)
