@@ -335,9 +335,12 @@ class Trainer:
             unit="batch",
             desc="train", dynamic_ncols=True,
         )
-        with bar, pyro.validation_enabled(False):
-            while self.epoch < epochs:
-                self._epoch(num_batches, batch_size, bar)
+        try:
+            with bar, pyro.validation_enabled(False):
+                while self.epoch < epochs:
+                    self._epoch(num_batches, batch_size, bar)
+        finally:
+            self.ddp = None  # release DDP's reducer while the process group is still alive
         self._figures()
         return self.run
 

@@ -52,6 +52,7 @@ def _worker(rank, port, out, results):
     torch.set_num_threads(1)
     run = train(config(LOCAL_BATCH), out, model=DeltaGuideVAE(), progress=False)
     torch.save(run.vae.state_dict(), os.path.join(results, f"rank{rank}.pt"))
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
@@ -83,6 +84,7 @@ def _evaluate_worker(rank, port, run_dir, results):
     result = sharded_log_likelihood(run.vae.model, run.vae.guide, run.test, num_samples=30,
                                     batch_size=50, seed=7, ctx=ctx)
     torch.save(result.log_px, os.path.join(results, f"log_px{rank}.pt"))
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
@@ -104,6 +106,7 @@ def _resume_worker(rank, port, out, epochs, resume):
     torch.set_num_threads(1)
     overrides = [f"train.epochs={epochs}", "model.encoder.hidden=[16]", "model.decoder.hidden=[16]"]
     train(None, out, overrides=overrides, resume=resume, progress=False)
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
