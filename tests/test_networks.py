@@ -1,16 +1,14 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from checks import assert_trains_and_evaluates
 
-import pyro_vae
 from pyro_vae import VAE, ConfigError
 from pyro_vae.data import binarize_fixed, load_dataset
 from pyro_vae.networks import NETWORKS, ConvDecoder, ConvEncoder, build_network
-from pyro_vae.objectives import OBJECTIVES
 
 pytestmark = pytest.mark.filterwarnings("ignore::pyro_vae.marginal.ImportanceSamplingWarning")
 
@@ -82,14 +80,4 @@ def test_conv_vae_trains_on_28x28_and_evaluates():
     x = binarize_fixed(F.interpolate(digits, size=(28, 28), mode="bilinear"), seed=0)
     conv = {"name": "conv", "channels": [16, 32], "hidden": 64}
     vae = VAE(data_shape=(1, 28, 28), latent_dim=4, encoder=conv, decoder=conv)
-    elbo = OBJECTIVES.build("elbo")
-    optimiser = torch.optim.Adam(vae.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        optimiser.zero_grad()
-        losses.append(elbo.loss_and_grads(vae.model, vae.guide, x))
-        optimiser.step()
-    assert all(math.isfinite(loss) for loss in losses)
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
-    log_px = pyro_vae.log_likelihood(vae.model, vae.guide, x[:8], num_samples=50).log_px
-    assert log_px.shape == (8,) and torch.isfinite(log_px).all()
+    assert_trains_and_evaluates(vae, x, lr=3e-3, points=8)
