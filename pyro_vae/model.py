@@ -183,16 +183,17 @@ class VAE(nn.Module):
         return self.encode_layers(x)[-1]
 
     def check_input(self, x):
-        """Raise :class:`~pyro_vae.errors.DataError` unless ``x`` is a float tensor shaped
-        ``(batch, *data_shape)``; with Pyro validation on, also check the likelihood's support.
-        (Training runs with validation off after checking the data once.)"""
+        """With Pyro validation on (its default), raise :class:`~pyro_vae.errors.DataError`
+        unless ``x`` is a tensor of the parameters' dtype shaped ``(batch, *data_shape)``
+        inside the likelihood's support. The trainer checks its data once and then runs
+        with validation off, so the hot loop pays nothing."""
+        if not is_validation_enabled():
+            return
         dtype = next(self.parameters()).dtype
-        if not torch.is_tensor(x) or x.dtype != dtype or tuple(x.shape[1:]) != self.data_shape:
-            what = f"{x.dtype} tensor of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
-            raise DataError(f"x must be a {dtype} tensor of shape (batch, *{self.data_shape}) like the "
-                            f"model's parameters, got a {what}.")
-        if is_validation_enabled():
-            self.likelihood.validate(x)
+        if not torch.is_tensor(x) or x.dtype != dtype:
+            what = f"{x.dtype} tensor" if torch.is_tensor(x) else type(x).__name__
+            raise DataError(f"x must be a {dtype} tensor like the model's parameters, got a {what}.")
+        self.likelihood.validate(x)  # shape (batch, *data_shape), finite, inside the support
 
     def model(self, x):
         """p(z_L) ∏ p(z_l|z_{l+1}) p(x|z_1) with x observed; ``x`` has shape ``(batch, *data_shape)``."""

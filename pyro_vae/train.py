@@ -15,8 +15,11 @@ back once per epoch (on an accelerator the finiteness check runs every
 the optimiser step), and the progress bar shows the loss at most twice a second.
 
 The data set lives on the device as one tensor and is batched by index with a
-permutation drawn from a generator seeded by (seed, epoch); with dynamic binarisation
-each batch gets a fresh Bernoulli draw on the device. A run directory holds
+permutation drawn from a generator seeded by (seed, epoch) (data too large for the device
+are streamed through a pinned DataLoader in the same order; under torchrun each process
+takes its share of every global batch, see :mod:`pyro_vae.distributed`); with dynamic
+binarisation each batch gets a fresh Bernoulli draw on the device. The data are checked
+against the likelihood once, up front, and the loop runs with Pyro validation off. A run directory holds
 ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` and ``figures/``.
 """
 
