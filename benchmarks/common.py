@@ -27,7 +27,6 @@ of the paired ratio side/baseline, with its min and max.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -40,12 +39,6 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-try:
-    import pyro.distributions as dist
-    from pyro.distributions import constraints
-except ImportError:  # pragma: no cover
-    dist = constraints = None
 
 try:
     from pyro_vae.model import LOGVAR_BOUND
@@ -172,20 +165,31 @@ def make_vae(encoder, decoder, latent_dim: int, device: torch.device, seed: int 
 
 
 class ReferenceVAE(nn.Module):
-    """A hand-written Bernoulli VAE with a standard-normal prior around copies of given networks."""
+    """A hand-written Bernoulli VAE with a standard-normal prior around copies of given networks.
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, bound: bool = True):
+    ``autocast`` (a dtype) runs the networks under ``torch.autocast`` and casts their outputs
+    back to float32, as ``train.mixed_precision`` does in the library.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, bound: bool = True, autocast=None):
         super().__init__()
         self.encoder = copy.deepcopy(encoder)
         self.decoder = copy.deepcopy(decoder)
         self.bound = bound
+        self.autocast = autocast
 
     @classmethod
-    def from_vae(cls, vae, bound: bool = True) -> ReferenceVAE:
-        return cls(vae.encoder, vae.decoder, bound)
+    def from_vae(cls, vae, bound: bool = True, autocast=None) -> ReferenceVAE:
+        return cls(vae.encoder, vae.decoder, bound, autocast)
+
+    def net(self, net, inputs):
+        if self.autocast is None:
+            return net(inputs)
+        with torch.autocast(inputs.device.type, dtype=self.autocast):
+            return net(inputs).float()
 
     def encode(self, x):
-        loc, logvar = self.encoder(x).unbind(-2)
+        loc, logvar = self.net(self.encoder, x).unbind(-2)
         if self.bound:
             logvar = logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
         return loc, logvar
@@ -195,7 +199,7 @@ class ReferenceVAE(nn.Module):
         loc, logvar = self.encode(x)
         eps = torch.randn_like(loc)
         z = loc + eps * torch.exp(0.5 * logvar)
-        rec = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
+        rec = F.binary_cross_entropy_with_logits(self.net(self.decoder, z), x, reduction="sum")
         if analytic:
             kl = 0.5 * (logvar.exp() + loc.pow(2) - 1.0 - logvar).sum()
         else:  # log q(z|x) - log p(z) at the sampled z (the constants cancel)
@@ -221,77 +225,6 @@ def reference_step(ref: ReferenceVAE, optimizer, x, beta: float = 1.0, analytic:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
-
-
-@contextlib.contextmanager
-def without_pyro_module():
-    """``pyro.module`` as a no-op (what a VAE that skips the per-call registration would cost)."""
-    import pyro
-
-    real = pyro.module
-    pyro.module = lambda name, nn_module, update_module_params=False: nn_module
-    try:
-        yield
-    finally:
-        pyro.module = real
-
-
-class FusedBernoulli(dist.TorchDistribution if dist is not None else object):
-    """``Bernoulli(logits=l).to_event(k)`` whose log_prob negates *after* the event sum.
-
-    ``Independent(Bernoulli)`` computes ``-BCE(l, x, reduction="none")`` (a negation over
-    every pixel, forward and backward) and then sums the event dims; here the sum comes
-    first: ``-(BCE(l, x, reduction="none").sum(event dims))``. Negation is exact, so values
-    and gradients are bitwise those of the Pyro distribution. A proposal for
-    ``pyro_vae.likelihoods.Bernoulli`` (measured with ``--proposals``).
-    """
-
-    arg_constraints = {"logits": constraints.real} if constraints is not None else {}
-    has_rsample = False
-
-    def __init__(self, logits, event_dims, validate_args=None):
-        self.logits, self.event_dims = logits, event_dims
-        split = logits.dim() - event_dims
-        super().__init__(logits.shape[:split], logits.shape[split:], validate_args=validate_args)
-
-    @property
-    def support(self):
-        return constraints.independent(constraints.boolean, self.event_dims)
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(FusedBernoulli, _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.logits = self.logits.expand(batch_shape + self.event_shape)
-        new.event_dims = self.event_dims
-        super(FusedBernoulli, new).__init__(batch_shape, self.event_shape, validate_args=False)
-        return new
-
-    def log_prob(self, value):
-        logits, value = torch.broadcast_tensors(self.logits, value)
-        dims = tuple(range(-self.event_dims, 0))
-        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(dims)
-
-    def sample(self, sample_shape=()):
-        sample_shape = torch.Size(sample_shape)
-        with torch.no_grad():
-            return torch.bernoulli(torch.sigmoid(self.logits).expand(self._extended_shape(sample_shape)))
-
-    @property
-    def mean(self):
-        return torch.sigmoid(self.logits)
-
-
-@contextlib.contextmanager
-def fused_bernoulli():
-    """``pyro_vae.likelihoods.Bernoulli`` returning :class:`FusedBernoulli` (a proposal)."""
-    from pyro_vae import likelihoods
-
-    real = likelihoods.Bernoulli.forward
-    likelihoods.Bernoulli.forward = lambda self, params: FusedBernoulli(params, len(self.data_shape))
-    try:
-        yield
-    finally:
-        likelihoods.Bernoulli.forward = real
 
 
 # --------------------------------------------------------------------------------------
@@ -354,10 +287,11 @@ def ratio_stats(times: dict[str, list[float]], side: str, base: str) -> dict[str
 
 def side_summary(times: dict, name: str, key: str, medians: dict[str, float], digits: int):
     """The JSON entry and table row of one timed side: its median per clock (``medians``,
-    recorded under ``key``) and its ratios to the hand-written references."""
+    recorded under ``key``) and its ratios to the hand-written references: ``torch`` and the
+    like-for-like one (``torch+fused``, or ``torch+fused-bf16`` for a ``-bf16`` side)."""
     entry = {clock: {key: medians[clock]} for clock in CLOCKS}
     row = [name, *(f"{medians[clock]:.{digits}f}" for clock in CLOCKS)]
-    for base in ("torch", "torch+fused"):
+    for base in ("torch", "torch+fused-bf16" if name.endswith("-bf16") else "torch+fused"):
         for clock in CLOCKS:
             if base in times[clock]:
                 stats = ratio_stats(times[clock], name, base)

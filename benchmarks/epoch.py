@@ -7,14 +7,12 @@ the same training set; one repeat = one epoch):
                         ``torch.randperm`` per epoch (as the trainer), default ``Adam``;
 * ``torch+fused``       the same with ``Adam(fused=True)`` (the trainer's optimiser);
 * ``torch-dataloader``  the usual ``DataLoader(TensorDataset(x), shuffle=True)`` loop
-                        (data on the CPU, pinned and copied per batch on a GPU), default Adam;
+                        (data on the CPU, pinned and copied per batch on a GPU) with
+                        ``Adam(fused=True)``: what the index batching is compared with;
 * ``pyro_vae``          ``Trainer._epoch`` as ``fit`` runs it (Pyro validation off, no
                         progress bar): the steps, the β schedule, the per-epoch checkpoint
                         and metrics line; validation is switched off (``validate_every`` is
-                        larger than the run) and timed separately;
-* ``pyro_vae-before``   the trainer's epoch loop before this work (Pyro's ELBO
-                        ``loss_and_grads`` returning a float every step, default Adam,
-                        progress-bar postfix every step), with the same checkpointing.
+                        larger than the run) and timed separately.
 
 With dynamic binarisation (default, as the library's MNIST default) every side draws a fresh
 ``torch.bernoulli`` per batch. Example::
@@ -26,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import math
 import sys
 import tempfile
@@ -38,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 train_module = importlib.import_module("pyro_vae.train")
@@ -53,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--train-size", type=int, default=0,
                         help="use the first N training images (0: all; random data: 50000)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--sides", default="torch,torch+fused,torch-dataloader,pyro_vae,pyro_vae-before")
+    parser.add_argument("--sides", default="torch,torch+fused,torch-dataloader,pyro_vae")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader num_workers")
     return parser.parse_args(argv)
 
@@ -87,55 +83,16 @@ def make_config(args, enc, dec, batch, device):
     }
 
 
-def make_trainer(args, config, splits, proto, name, out_dir, before=False):
+def make_trainer(args, config, splits, proto, name, out_dir):
     from pyro_vae.config import resolve
 
     vae = common.make_vae(config["model"]["encoder"], config["model"]["decoder"], args.latent_dim,
                           splits.train.device, args.seed, name=name)
     vae.load_state_dict(proto.state_dict())
     run = train_module.Run(resolve(config), splits.train.device, splits, vae, splits.val, splits.test)
-    trainer = (BeforeTrainer if before else train_module.Trainer)(run, out_dir, progress=False)
+    trainer = train_module.Trainer(run, out_dir, progress=False)
     trainer._start(resume=False)
     return trainer
-
-
-class BeforeTrainer(train_module.Trainer):
-    """The trainer as it was before this work: Pyro ELBO ``loss_and_grads``, default Adam."""
-
-    def __init__(self, run, out_dir, progress=True):
-        super().__init__(run, out_dir, progress)
-        name = run.config["objective"]["name"]
-        elbo = TraceMeanField_ELBO if name == "elbo-analytic" else Trace_ELBO
-        self.objective = elbo(max_plate_nesting=1)
-        self.optimizer = torch.optim.Adam(run.vae.parameters(), lr=run.config["optim"]["lr"])
-        decay = run.config["optim"]["lr_decay"]
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, decay)
-
-    def _epoch(self, num_batches, batch_size, bar):
-        from pyro_vae.data import batches
-
-        run, vae, config = self.run, self.run.vae, self.run.config
-        start = time.perf_counter()
-        generator = torch.Generator().manual_seed(config["seed"] * 1_000_003 + self.epoch)
-        total = 0.0
-        for step, index in enumerate(batches(len(run.splits.train), batch_size, generator, run.device)):
-            vae.beta = self.schedule(self.epoch + step / num_batches)
-            x = run.train_batch(index)
-            loss = self.objective.loss_and_grads(vae.model, vae.guide, x)
-            if not math.isfinite(loss):
-                self._diverged(step)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            total += loss
-            bar.update()
-            bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss / len(x):.2f}", refresh=False)
-        self.scheduler.step()
-        self.epoch += 1
-        record = {"epoch": self.epoch, "train_loss": total / len(run.splits.train),
-                  "seconds": time.perf_counter() - start}
-        self.checkpoints.save(self.state(), self.epoch)
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
 
 
 def trainer_epoch(trainer, batch):
@@ -176,7 +133,7 @@ def torch_dataloader_epoch(args, splits, proto, batch):
     from torch.utils.data import DataLoader, TensorDataset
 
     ref = common.ReferenceVAE.from_vae(proto, bound=not args.no_bound)
-    opt = torch.optim.Adam(ref.parameters(), lr=args.lr)
+    opt = torch.optim.Adam(ref.parameters(), lr=args.lr, fused=True)
     device = splits.train.device
     on_gpu = device.type == "cuda"
     loader = DataLoader(TensorDataset(splits.train.cpu()), batch_size=batch, shuffle=True,
@@ -220,19 +177,16 @@ def main(argv=None):
                         sides[name] = torch_index_epoch(args, splits, proto, batch, fused=True)
                     elif name == "torch-dataloader":
                         sides[name] = torch_dataloader_epoch(args, splits, proto, batch)
-                    elif name in ("pyro_vae", "pyro_vae-before"):
-                        trainer = make_trainer(args, config, splits, proto, name.replace("-", "_"),
-                                               Path(tmp) / f"{label}-{batch}-{name}".replace(" ", "_"),
-                                               before=name == "pyro_vae-before")
-                        sides[name] = trainer_epoch(trainer, batch)
-                        if name == "pyro_vae":
-                            lib_trainer = trainer
+                    elif name == "pyro_vae":
+                        lib_trainer = make_trainer(args, config, splits, proto, name,
+                                                   Path(tmp) / f"{label}-{batch}-{name}".replace(" ", "_"))
+                        sides[name] = trainer_epoch(lib_trainer, batch)
                     else:
                         raise SystemExit(f"unknown side {name!r}")
                 times = common.interleaved(sides, args.repeats, device)
                 run = {"network": label, "batch": batch, "steps": math.ceil(n / batch), "sides": {}}
                 rows = [["side", "wall s/epoch", "cpu s/epoch", "wall / torch", "cpu / torch",
-                         "wall / torch+fused", "cpu / torch+fused"]]
+                         "wall / fused ref", "cpu / fused ref"]]
                 for name in names:
                     medians = {clock: common.median_ms(times[clock][name]) / 1e3 for clock in common.CLOCKS}
                     entry, row = common.side_summary(times, name, "s_per_epoch", medians, digits=3)

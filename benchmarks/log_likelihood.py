@@ -9,8 +9,6 @@ Sides (same untrained-or-not network, same test points, same K):
 * ``pyro_vae``  ``pyro_vae.log_likelihood(vae.model, vae.guide, x, num_samples=K)`` with its
                 default sizes (or ``--batch-size``/``--chunk-size``): Pyro traces per chunk, the
                 float64 streaming reduction, ESS, standard errors and the Pareto k-hat fit;
-* ``pyro_vae-both`` (``--proposals``) the same with ``pyro.module`` a no-op and the Bernoulli
-                likelihood as ``common.FusedBernoulli`` (proposals for model.py/likelihoods.py).
 
 Before timing, both are run from the same seed (same ε, the library's structure-probing
 trace included) and must agree on every point's log p(x). Peak memory: on a GPU
@@ -41,9 +39,6 @@ def parse_args(argv=None):
     parser.add_argument("--points", type=int, default=100, help="test points")
     parser.add_argument("--batch-size", type=int, default=None, help="points per call (library default)")
     parser.add_argument("--chunk-size", type=int, default=None, help="samples per call (library default)")
-    parser.add_argument("--proposals", action="store_true",
-                        help="also pyro_vae-both: pyro.module a no-op and common.FusedBernoulli "
-                             "(proposals for model.py and likelihoods.py; same values bitwise)")
     parser.add_argument("--child-memory", help=argparse.SUPPRESS)
     parser.add_argument("--train-steps", type=int, default=0,
                         help="train the VAE this many steps first (the proposal's quality does "
@@ -149,13 +144,7 @@ def main(argv=None):
             def hand(ref=ref, k=k, batch=batch, chunk=chunk):
                 return torch_log_px(ref, x, k, batch, chunk)
 
-            def proposals(lib=lib):
-                with common.without_pyro_module(), common.fused_bernoulli():
-                    return lib()
-
             sides = {"torch": hand, "pyro_vae": lib}
-            if args.proposals:
-                sides["pyro_vae-both"] = proposals
             if args.child_memory:
                 import json
 
@@ -176,11 +165,6 @@ def main(argv=None):
                 raise SystemExit(f"log p(x) differs between library and reference: max |diff| {diff}")
             print(f"  check: same log p(x) per point (max |diff| {diff:.1e} nats, mean log p(x) "
                   f"{lib_px.mean().item():.3f})")
-            if args.proposals:
-                torch.manual_seed(7)
-                if not torch.equal(proposals(), lib_px):
-                    raise SystemExit("the proposals change log p(x)")
-                print("  check proposals: same log p(x) bitwise")
             if device.type == "cuda":
                 memory = {name: peak_memory(fn, device) for name, fn in sides.items()}
             else:

@@ -3,27 +3,24 @@
 Every side trains its own copy of the same network (same initial parameters) on the same
 batches (a pool of distinct batches cycled in the same order), one step at a time:
 
-* ``torch``            hand-written VAE (see common.py), ``torch.optim.Adam`` (default
-                       implementation): the baseline of the issue's target;
-* ``torch+fused``      the same with ``Adam(fused=True)``, the optimiser the trainer uses:
-                       the ratio against it is pure framework overhead;
-* ``pyro_vae``         the library's step as ``Trainer`` runs it: ``step_loss`` with the
-                       registry's objective, ``make_adam``, Pyro validation off;
-* ``pyro_vae-before``  the step before this work: Pyro's own ``TraceMeanField_ELBO`` /
-                       ``Trace_ELBO`` ``.loss_and_grads`` (a float per step) + default Adam;
-* ``pyro-svi``         plain ``pyro.infer.SVI(..., pyro.optim.Adam)`` with Pyro's ELBO;
-* with ``--proposals``, ``pyro_vae`` plus changes proposed outside this benchmark's reach:
-  ``pyro_vae-no-module``   ``pyro.module`` a no-op, i.e. a VAE that does not re-register
-                           its parameters on every call of ``model``/``guide`` (model.py);
-  ``pyro_vae-fused-bern``  the Bernoulli likelihood as ``common.FusedBernoulli`` (negation
-                           after the event sum; bitwise the same values; likelihoods.py);
-  ``pyro_vae-both``        both.
+* ``torch``          hand-written VAE (see common.py), ``torch.optim.Adam`` with its default
+                     implementation, as a hand-written loop usually is;
+* ``torch+fused``    the same with ``Adam(fused=True)``, the optimiser the trainer uses: the
+                     ratio against it is the framework's overhead alone (the target);
+* ``pyro_vae``       the library's step as ``Trainer`` runs it: ``step_loss`` with the
+                     registry's objective under the trainer's ``step_settings`` (no
+                     per-call ``pyro.module``), ``make_adam``, Pyro validation off;
+* ``pyro-svi``       plain ``pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam, ELBO)``
+                     with Pyro's own ELBO class, for reference;
+* with ``--mixed-precision``, ``torch+fused-bf16`` and ``pyro_vae-bf16``: the networks under
+  ``torch.autocast(dtype=bfloat16)`` on both sides (``train.mixed_precision: bf16``); meant
+  for GPUs (CPUs without bfloat16 units run it slower than float32).
 
 Before timing, the library's and the reference's loss and gradients are compared at the same
 seed (same ε). Example::
 
     python benchmarks/train_step.py --batch-sizes 128,256,1024 --threads 1
-    python benchmarks/train_step.py --device cuda --threads 0
+    python benchmarks/train_step.py --device cuda --threads 0 --mixed-precision
 """
 
 from __future__ import annotations
@@ -48,9 +45,10 @@ def parse_args(argv=None):
                         help="steps per repeat and side (0: about --repeat-seconds worth)")
     parser.add_argument("--repeat-seconds", type=float, default=0.4)
     parser.add_argument("--pool", type=int, default=8, help="distinct batches, cycled")
-    parser.add_argument("--sides", default="torch,torch+fused,pyro_vae,pyro_vae-before,pyro-svi",
+    parser.add_argument("--sides", default="torch,torch+fused,pyro_vae,pyro-svi",
                         help="comma-separated sides to time (see the module docstring)")
-    parser.add_argument("--proposals", action="store_true", help="also time pyro_vae-no-module")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="also the bf16-autocast sides torch+fused-bf16 and pyro_vae-bf16")
     return parser.parse_args(argv)
 
 
@@ -64,72 +62,60 @@ class Cycle:
         return x
 
 
+def library_step(vae, objective, mixed_precision, lr):
+    """One step of the library's trainer loop (see ``Trainer._step`` and ``Trainer._epoch``)."""
+    from pyro_vae.objectives import step_loss
+    from pyro_vae.train import make_adam, step_settings, temporary_attributes
+
+    settings = step_settings(vae, objective, mixed_precision)
+    opt = make_adam(vae.parameters(), lr=lr)
+
+    def step(x):
+        with temporary_attributes(vae, settings):
+            loss = step_loss(objective, vae.model, vae.guide, x)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
 def build_sides(args, enc, dec, device, batches, names):
     """name -> callable running one training step (each side with its own model copy)."""
-    from pyro_vae.objectives import OBJECTIVES, step_loss
-    from pyro_vae.train import make_adam
+    from pyro_vae.objectives import OBJECTIVES
 
     analytic = args.objective == "elbo-analytic"
-    pyro_cls = TraceMeanField_ELBO if analytic else Trace_ELBO
     proto = common.make_vae(enc, dec, args.latent_dim, device, args.seed, name="proto")
-    steps, models = {}, {}
+    steps = {}
     for name in names:
         cycle = Cycle(batches)
+        bf16 = name.endswith("-bf16")
         if name.startswith("torch"):
-            ref = common.ReferenceVAE.from_vae(proto, bound=not args.no_bound)
-            kw = {"fused": True} if name == "torch+fused" else {}
-            opt = torch.optim.Adam(ref.parameters(), lr=args.lr, **kw)
+            ref = common.ReferenceVAE.from_vae(proto, bound=not args.no_bound,
+                                               autocast=torch.bfloat16 if bf16 else None)
+            fused = {} if name == "torch" else {"fused": True}
+            opt = torch.optim.Adam(ref.parameters(), lr=args.lr, **fused)
             steps[name] = (lambda ref=ref, opt=opt, cycle=cycle:
                            common.reference_step(ref, opt, cycle(), analytic=analytic))
-            models[name] = ref
             continue
         vae = common.make_vae(enc, dec, args.latent_dim, device, args.seed, name=name.replace("-", "_"))
         vae.load_state_dict(proto.state_dict())
-        models[name] = vae
-        if name in ("pyro_vae", "pyro_vae-no-module", "pyro_vae-fused-bern", "pyro_vae-both"):
-            objective = OBJECTIVES.build(args.objective)
-            opt = make_adam(vae.parameters(), lr=args.lr)
-            no_module = name in ("pyro_vae-no-module", "pyro_vae-both")
-            fused = name in ("pyro_vae-fused-bern", "pyro_vae-both")
-
-            def step(vae=vae, opt=opt, objective=objective, cycle=cycle, no_module=no_module, fused=fused):
-                with (common.without_pyro_module() if no_module else _null(),
-                      common.fused_bernoulli() if fused else _null()):
-                    loss = step_loss(objective, vae.model, vae.guide, cycle())
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                return loss
-        elif name == "pyro_vae-before":
-            objective = pyro_cls(max_plate_nesting=1)
-            opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
-
-            def step(vae=vae, opt=opt, objective=objective, cycle=cycle):
-                loss = objective.loss_and_grads(vae.model, vae.guide, cycle())
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                return loss
+        if name.startswith("pyro_vae"):
+            step = library_step(vae, OBJECTIVES.build(args.objective), "bf16" if bf16 else None, args.lr)
+            steps[name] = lambda step=step, cycle=cycle: step(cycle())
         elif name == "pyro-svi":
-            svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": args.lr}), pyro_cls(max_plate_nesting=1))
-
-            def step(svi=svi, cycle=cycle):
-                return svi.step(cycle())
+            elbo = (TraceMeanField_ELBO if analytic else Trace_ELBO)(max_plate_nesting=1)
+            svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": args.lr}), elbo)
+            steps[name] = lambda svi=svi, cycle=cycle: svi.step(cycle())
         else:
             raise SystemExit(f"unknown side {name!r}")
-        steps[name] = step
-    return steps, models, proto
+    return steps, proto
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def check_same_computation(args, proto, x, device):
+def check_same_computation(args, proto, x):
     """Library loss/gradients == hand-written loss/gradients at the same seed (same ε)."""
     from pyro_vae.objectives import OBJECTIVES, step_loss
+    from pyro_vae.train import step_settings, temporary_attributes
 
     ref = common.ReferenceVAE.from_vae(proto, bound=not args.no_bound)
     objective = OBJECTIVES.build(args.objective)
@@ -137,7 +123,8 @@ def check_same_computation(args, proto, x, device):
         proto.beta = beta
         proto.zero_grad(set_to_none=True)
         torch.manual_seed(123)
-        lib = step_loss(objective, proto.model, proto.guide, x).item()
+        with temporary_attributes(proto, step_settings(proto, objective, None)):
+            lib = step_loss(objective, proto.model, proto.guide, x).item()
         torch.manual_seed(123)
         ref_loss = ref.loss(x, beta, analytic=args.objective == "elbo-analytic")
         ref_loss.backward()
@@ -146,16 +133,8 @@ def check_same_computation(args, proto, x, device):
         common.check_grads(f"gradients (beta={beta})", lib_params, [*ref.encoder.parameters(),
                                                                       *ref.decoder.parameters()])
         ref.zero_grad(set_to_none=True)
-        if args.proposals:
-            with common.without_pyro_module(), common.fused_bernoulli():
-                torch.manual_seed(123)
-                proposal = step_loss(objective, proto.model, proto.guide, x).item()
-            if proposal != lib:
-                raise SystemExit(f"proposals change the loss: {proposal!r} != {lib!r}")
-            print(f"  check proposals (beta={beta}): same loss bitwise")
         proto.zero_grad(set_to_none=True)
     proto.beta = 1.0
-    proto.zero_grad(set_to_none=True)
 
 
 def main(argv=None):
@@ -165,8 +144,8 @@ def main(argv=None):
     print(f"objective {args.objective}, latent {args.latent_dim}, data {args.data}, "
           f"{args.repeats} interleaved repeats; ratios: median [min-max] over repeats\n")
     names = [n for n in args.sides.split(",") if n]
-    if args.proposals:
-        names += ["pyro_vae-no-module", "pyro_vae-fused-bern", "pyro_vae-both"]
+    if args.mixed_precision:
+        names += ["torch+fused-bf16", "pyro_vae-bf16"]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     data = common.make_data(args, max(batch_sizes) * args.pool, device)
     results = {"machine": common.machine_info(device), "args": vars(args), "runs": []}
@@ -174,13 +153,13 @@ def main(argv=None):
         for batch in batch_sizes:
             print(f"== {label}, batch {batch}")
             batches = list(data[: batch * args.pool].split(batch))
-            steps, models, proto = build_sides(args, enc, dec, device, batches, names)
-            check_same_computation(args, proto, batches[0], device)
+            steps, proto = build_sides(args, enc, dec, device, batches, names)
+            check_same_computation(args, proto, batches[0])
             n = args.steps or common.calibrate(steps[names[0]], device, args.repeat_seconds / 4) * 4
             runners = {name: (lambda f=f, n=n: [f() for _ in range(n)]) for name, f in steps.items()}
             times = common.interleaved(runners, args.repeats, device)
             rows = [["side", "wall ms/step", "cpu ms/step", "wall / torch", "cpu / torch",
-                     "wall / torch+fused", "cpu / torch+fused"]]
+                     "wall / fused ref", "cpu / fused ref"]]
             run = {"network": label, "batch": batch, "steps_per_repeat": n, "sides": {}}
             for name in names:
                 medians = {clock: common.median_ms(times[clock][name], n) for clock in common.CLOCKS}

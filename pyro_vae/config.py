@@ -31,8 +31,8 @@ DEFAULTS = {
     },
     "objective": {"name": "elbo", "num_particles": 1},
     "beta_schedule": {"name": "constant", "beta": 1.0},
-    "optim": {"lr": 3e-3, "lr_decay": 1.0, "clip_norm": None, "eps": 1e-8},
-    "train": {"epochs": 40, "batch_size": 64, "validate_every": 1},
+    "optim": {"lr": 3e-3, "lr_decay": 1.0, "lr_milestones": None, "clip_norm": None, "eps": 1e-8},
+    "train": {"epochs": 40, "batch_size": 64, "validate_every": 1, "mixed_precision": None},
     "eval": {"num_samples": 1000, "batch_size": 100},
 }
 
@@ -156,7 +156,16 @@ def check(config):
     )
     _require(
         _is_number(optim["lr_decay"]) and 0 < optim["lr_decay"] <= 1,
-        f"optim.lr_decay (per-epoch factor) must be in (0, 1], got {optim['lr_decay']!r}.",
+        f"optim.lr_decay (factor per epoch, or per milestone) must be in (0, 1], got {optim['lr_decay']!r}.",
+    )
+    milestones = optim["lr_milestones"]
+    _require(
+        milestones is None or (
+            isinstance(milestones, list) and milestones and all(_is_int(m) and m >= 1 for m in milestones)
+            and all(a < b for a, b in zip(milestones, milestones[1:]))
+        ),
+        "optim.lr_milestones must be null (lr_decay every epoch) or an increasing list of epochs "
+        f">= 1 after which the learning rate is multiplied by lr_decay, got {milestones!r}.",
     )
     _require(
         optim["clip_norm"] is None or (_is_number(optim["clip_norm"]) and optim["clip_norm"] > 0),
@@ -165,6 +174,12 @@ def check(config):
     _require(
         _is_number(optim["eps"]) and optim["eps"] > 0,
         f"optim.eps (Adam's ε) must be > 0, got {optim['eps']!r}.",
+    )
+    _require(
+        train["mixed_precision"] in (None, "bf16"),
+        "train.mixed_precision must be null (full precision) or bf16 (the networks in bfloat16 "
+        f"under torch.autocast), got {train['mixed_precision']!r}. float16 needs loss scaling, "
+        "which the trainer does not do; bf16 has float32's range and needs none.",
     )
     for section, key in [
         ("train", "epochs"),

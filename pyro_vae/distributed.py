@@ -92,8 +92,8 @@ class ELBOLoss(nn.Module):
         super().__init__()
         if getattr(objective, "differentiable_loss", None) is None:
             raise ConfigError(
-                f"Distributed training needs an objective with a differentiable loss "
-                f"('elbo' or 'elbo-analytic'), not {type(objective).__name__}."
+                f"Distributed training needs an objective with a differentiable_loss method (as all "
+                f"of the library's: elbo, elbo-analytic, iwae); {type(objective).__name__} has none."
             )
         self.vae, self.objective, self.world_size = vae, objective, world_size
 

@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 
+from .distributions import IndependentBernoulli
 from .errors import ConfigError, DataError
 from .registry import Registry
 
@@ -104,7 +105,7 @@ class Bernoulli(Likelihood):
     """x ~ Bernoulli(sigmoid(logits)) per pixel; data must be binary (0 or 1)."""
 
     def forward(self, params):
-        return self._event(dist.Bernoulli(logits=params))
+        return IndependentBernoulli(params, len(self.data_shape))
 
     def validate(self, x):
         super().validate(x)

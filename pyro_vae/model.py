@@ -28,12 +28,12 @@ import contextlib
 import math
 
 import pyro
-import pyro.distributions as dist
 import torch
 import torch.nn as nn
 from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 
+from .distributions import diagonal_normal
 from .errors import ConfigError, DataError
 from .likelihoods import build_likelihood
 from .networks import build_network
@@ -70,11 +70,6 @@ def gaussian_params(output):
     return loc, logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
 
 
-def diagonal_normal(loc, logvar):
-    """N(loc, diag exp(logvar)) over the last dimension."""
-    return dist.Normal(loc, torch.exp(0.5 * logvar)).to_event(1)
-
-
 def _shape(value, what):
     message = f"{what} must be a positive int or a sequence of them, got {value!r}."
     try:
@@ -105,6 +100,16 @@ class VAE(nn.Module):
     ``SVI(vae.model, vae.guide, optim, Trace_ELBO())`` trains it. As with every
     ``pyro.module``, call ``pyro.clear_param_store()`` before training a new instance
     under the same ``name`` in one process.
+
+    Two attributes are for training loops (the library's trainer sets them for its steps):
+
+    * ``register_params`` (default True): whether ``model`` and ``guide`` register the
+      parameters with ``pyro.module``, which ``SVI`` and Pyro's ``loss_and_grads`` need
+      to find them. A loop that optimises ``vae.parameters()`` itself and back-propagates
+      ``differentiable_loss`` can turn it off and save a walk over every parameter per call.
+    * ``network_autocast`` (default None): a dtype such as ``torch.bfloat16`` runs the
+      networks under ``torch.autocast`` (mixed precision) and casts their outputs back to
+      the input's dtype, so that every density, KL and sample is computed in full precision.
     """
 
     def __init__(
@@ -130,6 +135,8 @@ class VAE(nn.Module):
             raise ConfigError(f"name (the param-store prefix) must be a non-empty string, got {name!r}.")
         self.inference = inference
         self.name = name
+        self.register_params = True
+        self.network_autocast = None
         depth = len(self.latent_dims)
         self.sites = ("z",) if depth == 1 else tuple(f"z{layer}" for layer in range(1, depth + 1))
         self.beta = beta
@@ -173,9 +180,9 @@ class VAE(nn.Module):
 
     def encode_layers(self, x):
         """(mean, log-variance) of q for every layer along the deterministic path of means."""
-        params = [gaussian_params(self.encoder(x))]
+        params = [gaussian_params(self._net(self.encoder, x))]
         for net in self.upward:
-            params.append(gaussian_params(net(params[-1][0])))
+            params.append(gaussian_params(self._net(net, params[-1][0])))
         return params
 
     def encode(self, x):
@@ -195,34 +202,46 @@ class VAE(nn.Module):
             raise DataError(f"x must be a {dtype} tensor like the model's parameters, got a {what}.")
         self.likelihood.validate(x)  # shape (batch, *data_shape), finite, inside the support
 
+    def _net(self, net, inputs):
+        """``net(inputs)``, under ``torch.autocast`` when ``network_autocast`` is set."""
+        if self.network_autocast is None:
+            return net(inputs)
+        with torch.autocast(inputs.device.type, dtype=self.network_autocast):
+            outputs = net(inputs)
+        return outputs.to(inputs.dtype)
+
+    def _register(self):
+        if self.register_params:
+            pyro.module(self.name, self)
+
     def model(self, x):
         """p(z_L) ∏ p(z_l|z_{l+1}) p(x|z_1) with x observed; ``x`` has shape ``(batch, *data_shape)``."""
         self.check_input(x)
-        pyro.module(self.name, self)
+        self._register()
         with pyro.plate("data", x.shape[0], device=x.device):
             z = self._sample(-1, self.prior())
             for layer in reversed(range(len(self.downward))):
-                z = self._sample(layer, diagonal_normal(*gaussian_params(self.downward[layer](z))))
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+                z = self._sample(layer, diagonal_normal(*gaussian_params(self._net(self.downward[layer], z))))
+            pyro.sample("x", self.likelihood(self._net(self.decoder, z)), obs=x)
 
     def guide(self, x):
         """q(z|x): diagonal Gaussians with mean and log-variance from the networks, reparameterised."""
         self.check_input(x)
-        pyro.module(self.name, self)
+        self._register()
         with pyro.plate("data", x.shape[0], device=x.device):
             if self.inference == "top-down" and self.upward:
                 self._top_down_guide(x)
             else:
                 h = x
                 for layer, net in enumerate([self.encoder, *self.upward]):
-                    h = self._sample(layer, diagonal_normal(*gaussian_params(net(h))))
+                    h = self._sample(layer, diagonal_normal(*gaussian_params(self._net(net, h))))
 
     def _top_down_guide(self, x):
         bottom_up = self.encode_layers(x)
         z = self._sample(-1, diagonal_normal(*bottom_up[-1]))
         for layer in reversed(range(len(self.downward))):
             loc_q, logvar_q = bottom_up[layer]
-            loc_p, logvar_p = gaussian_params(self.downward[layer](z))
+            loc_p, logvar_p = gaussian_params(self._net(self.downward[layer], z))
             precision_q, precision_p = torch.exp(-logvar_q), torch.exp(-logvar_p)
             precision = precision_q + precision_p
             loc = (loc_q * precision_q + loc_p * precision_p) / precision

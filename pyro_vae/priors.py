@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import kl_divergence
 
+from .distributions import UnitNormal
 from .errors import ConfigError, PyroVAEError
 from .registry import Registry
 
@@ -75,6 +76,7 @@ class StandardNormal(FixedPrior):
     """p(z) = N(0, I). Allows the analytic KL of ``elbo-analytic``."""
 
     analytic_kl = True
+    family = UnitNormal
 
     def __init__(self, latent_dim):
         super().__init__(latent_dim)

@@ -23,6 +23,8 @@ against the likelihood once, up front, and the loop runs with Pyro validation of
 ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` and ``figures/``.
 """
 
+import collections
+import contextlib
 import dataclasses
 import json
 import math
@@ -58,6 +60,8 @@ VALIDATION_CHUNK = 8192
 SYNC_EVERY = 50
 """On an accelerator, the training losses are checked for NaN/inf every this many steps."""
 POSTFIX_SECONDS = 0.5
+MIXED_PRECISION = {"bf16": torch.bfloat16}
+"""``train.mixed_precision`` -> the dtype of the networks under ``torch.autocast``."""
 
 
 class TrainingDiverged(PyroVAEError):
@@ -223,6 +227,49 @@ def make_adam(params, lr, eps=1e-8):
         return torch.optim.Adam(params, lr=lr, eps=eps)
 
 
+@contextlib.contextmanager
+def temporary_attributes(module, settings):
+    """Within the block, ``module``'s attributes named in ``settings`` take those values."""
+    saved = {name: getattr(module, name) for name in settings}
+    for name, value in settings.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+def step_settings(vae, objective, mixed_precision):
+    """The VAE attributes the training step runs with (see :class:`~pyro_vae.VAE`).
+
+    * ``register_params=False`` where the objective has a ``differentiable_loss`` (all but
+      ``iwae``): the loop optimises ``vae.parameters()`` itself, so the model need not
+      register them in Pyro's param store on every call;
+    * ``network_autocast=torch.bfloat16`` with ``train.mixed_precision: bf16``.
+    """
+    settings = {}
+    if hasattr(vae, "register_params") and getattr(objective, "differentiable_loss", None) is not None:
+        settings["register_params"] = False
+    if mixed_precision is not None:
+        if not hasattr(vae, "network_autocast"):
+            raise ConfigError(
+                "train.mixed_precision needs a model with a 'network_autocast' attribute (as "
+                f"pyro_vae.VAE) that runs its networks under torch.autocast; {type(vae).__name__} has none."
+            )
+        settings["network_autocast"] = MIXED_PRECISION[mixed_precision]
+    return settings
+
+
+def make_lr_scheduler(optimizer, optim):
+    """The per-epoch learning-rate schedule of the ``optim`` config section: the rate is
+    multiplied by ``lr_decay`` after every epoch, or after each epoch listed in
+    ``lr_milestones`` (a staircase, e.g. Burda et al.'s 3^i-epoch stages)."""
+    if optim["lr_milestones"] is None:
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, optim["lr_decay"])
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, optim["lr_milestones"], optim["lr_decay"])
+
+
 class Trainer:
     """Runs the epochs of one :class:`Run`, writing metrics, checkpoints and figures."""
 
@@ -236,9 +283,10 @@ class Trainer:
         self.objective = OBJECTIVES.build(config["objective"])
         check_compatible(config["objective"], run.vae)
         self.schedule = BETA_SCHEDULES.build(config["beta_schedule"])
+        self.step_settings = step_settings(run.vae, self.objective, config["train"]["mixed_precision"])
         run.vae.beta = self.schedule(0.0)  # a β that does not fit the model fails before any write
         self.optimizer = make_adam(run.vae.parameters(), lr=config["optim"]["lr"], eps=config["optim"]["eps"])
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, config["optim"]["lr_decay"])
+        self.scheduler = make_lr_scheduler(self.optimizer, config["optim"])
         self.checkpoints = CheckpointDir(self.out_dir / "checkpoints")
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.epoch = 0
@@ -300,6 +348,12 @@ class Trainer:
             self.scheduler.base_lrs = [new["lr"]] * len(self.optimizer.param_groups)
         if new["lr_decay"] != saved.get("lr_decay"):
             self.scheduler.gamma = new["lr_decay"]
+        milestones = saved.get("lr_milestones")
+        if new["lr_milestones"] != milestones:
+            if (new["lr_milestones"] is None) != (milestones is None):
+                raise ConfigError("optim.lr_milestones cannot be switched on or off when a run is resumed: "
+                                  "the checkpoint holds the state of the other kind of schedule.")
+            self.scheduler.milestones = collections.Counter(new["lr_milestones"])
 
     def _truncate_metrics(self):
         """Drop metric lines of epochs after the checkpoint we resume from (and a torn last line)."""
@@ -401,10 +455,11 @@ class Trainer:
         """Back-propagate the loss of batch ``x``; return it, detached. With several processes
         through DDP, which averages the (world-size scaled) gradients over ranks."""
         vae = self.run.vae
-        if self.ddp is None:
-            return step_loss(self.objective, vae.model, vae.guide, x)
-        loss = self.ddp(x)
-        loss.backward()
+        with temporary_attributes(vae, self.step_settings):
+            if self.ddp is None:
+                return step_loss(self.objective, vae.model, vae.guide, x)
+            loss = self.ddp(x)
+            loss.backward()
         return loss.detach() / self.ctx.world_size
 
     def _check_finite(self, losses, step, x):

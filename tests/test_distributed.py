@@ -93,8 +93,13 @@ def test_distributed_evaluation_matches_one_process(tmp_path):
     train({"train": {"epochs": 1}}, run_dir, progress=False)
     mp.spawn(_evaluate_worker, args=(free_port(), str(run_dir), str(tmp_path)), nprocs=WORLD_SIZE)
     run, _ = load_run(run_dir)
-    single = sharded_log_likelihood(run.vae.model, run.vae.guide, run.test, num_samples=30,
-                                    batch_size=50, seed=7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: float sums must be reduced the same way to agree bitwise
+    try:
+        single = sharded_log_likelihood(run.vae.model, run.vae.guide, run.test, num_samples=30,
+                                        batch_size=50, seed=7)
+    finally:
+        torch.set_num_threads(threads)
     for rank in range(WORLD_SIZE):
         gathered = torch.load(tmp_path / f"log_px{rank}.pt", weights_only=True)
         assert gathered.shape == (360,) and torch.equal(gathered, single.log_px)

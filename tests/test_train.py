@@ -132,3 +132,16 @@ def test_streaming_path_gives_the_same_run_as_device_resident_data(tmp_path, mon
     assert run.streaming
     streamed = params(run)
     assert all(torch.equal(resident[k], streamed[k]) for k in resident)
+
+
+def test_lr_milestones_give_a_staircase_and_resume_exactly(tmp_path):
+    config = {**SMALL, "optim": {"lr": 1e-2, "lr_decay": 0.5, "lr_milestones": [1, 3]}}
+    full = train(config, tmp_path / "full", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["lr"] for line in lines] == [5e-3, 5e-3, 2.5e-3, 2.5e-3]  # after epochs 1, 2, 3, 4
+    train(config, tmp_path / "cut", overrides=["train.epochs=2"], progress=False)
+    resumed = train(None, tmp_path / "cut", overrides=["train.epochs=4"], resume=True, progress=False)
+    assert all(torch.equal(params(full)[k], params(resumed)[k]) for k in params(full))
+    with pytest.raises(PyroVAEError, match="lr_milestones cannot be switched"):
+        train(None, tmp_path / "cut", overrides=["train.epochs=5", "optim.lr_milestones=null"], resume=True,
+              progress=False)

@@ -1,0 +1,135 @@
+r"""The distributions of the library's VAE, written for the training loop's hot path.
+
+They are ordinary Pyro distributions (any model, guide, ELBO or estimator can use them)
+whose values and gradients are those of the textbook Pyro constructions, computed with
+fewer tensor operations and Python calls per step:
+
+* :func:`diagonal_normal` ``(loc, logvar)``: :math:`\mathcal N(\mu, \operatorname{diag} e^{\log\sigma^2})`
+  as ``Independent(LogVarNormal, 1)``, exactly ``Normal(loc, exp(logvar / 2)).to_event(1)``
+  for sampling and densities, keeping :math:`\log\sigma^2` for the KL;
+* :class:`UnitNormal`: the standard normal of the ``standard-normal`` prior, with the
+  closed-form KL to a :class:`LogVarNormal` written as one expression,
+  :math:`\mathrm{KL}(q\,\|\,\mathcal N(0, 1)) = \tfrac12(e^{\log\sigma^2} + \mu^2 - 1 - \log\sigma^2)`
+  per coordinate (torch's Normal–Normal KL goes through ratios and a logarithm of them);
+* :class:`IndependentBernoulli` ``(logits, event_dim)``: ``Bernoulli(logits=logits).to_event(event_dim)``
+  whose log-density sums the binary cross-entropy *before* negating it: bitwise the same
+  values and gradients (negation is exact) with two fewer passes over the pixels.
+
+Pyro's plates call ``expand`` on every sample site; these distributions return
+themselves when the shape is already right instead of building a copy.
+"""
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions import TorchDistribution, constraints
+from torch.distributions import register_kl
+
+__all__ = ["IndependentBernoulli", "LogVarNormal", "UnitNormal", "diagonal_normal"]
+
+
+class _KeepsShape:
+    """Mixin: ``expand`` to the distribution's own batch shape returns the distribution itself."""
+
+    def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self
+        return super().expand(batch_shape, _instance)
+
+
+class LogVarNormal(dist.Normal):
+    r"""``Normal(loc, exp(logvar / 2))`` that keeps ``logvar`` (:math:`\log\sigma^2`)."""
+
+    def __init__(self, loc, logvar, validate_args=None):
+        super().__init__(loc, torch.exp(0.5 * logvar), validate_args=validate_args)
+        self.logvar = logvar if logvar.shape == self.batch_shape else logvar.expand(self.batch_shape)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        if _instance is None and batch_shape == self.batch_shape:
+            return self
+        new = self._get_checked_instance(LogVarNormal, _instance)
+        new.logvar = self.logvar.expand(batch_shape)
+        return super().expand(batch_shape, new)
+
+
+class UnitNormal(_KeepsShape, dist.Normal):
+    """``Normal(loc, scale)`` known to be N(0, 1) elementwise (built by the standard-normal prior)."""
+
+
+class _DiagonalNormal(_KeepsShape, dist.Independent):
+    """``Independent(LogVarNormal, 1)``."""
+
+
+def diagonal_normal(loc, logvar):
+    r""":math:`\mathcal N(\mathrm{loc}, \operatorname{diag} e^{\mathrm{logvar}})` over the last dimension."""
+    return _DiagonalNormal(LogVarNormal(loc, logvar), 1)
+
+
+@register_kl(LogVarNormal, UnitNormal)
+def _kl_logvar_normal_unit_normal(q, p):
+    kl = 0.5 * (q.logvar.exp() + q.loc.pow(2) - 1.0 - q.logvar)
+    if p.batch_shape != q.batch_shape:
+        kl = kl.expand(torch.broadcast_shapes(kl.shape, p.batch_shape))
+    return kl
+
+
+class IndependentBernoulli(TorchDistribution):
+    """``Bernoulli(logits=logits).to_event(event_dim)``, with the log-density negated after the sum.
+
+    ``log_prob(x) = -BCE(logits, x, reduction="none").sum(event dims)``, where ``Independent``
+    negates every pixel and then sums. Negation is exact, so the values and gradients are
+    bitwise those of Pyro's construction.
+    """
+
+    arg_constraints = {"logits": constraints.real}
+    has_enumerate_support = False
+
+    def __init__(self, logits, event_dim, validate_args=None):
+        if not 0 <= event_dim <= logits.dim():
+            raise ValueError(f"event_dim must be in [0, {logits.dim()}], got {event_dim}.")
+        self.logits = logits
+        split = logits.dim() - event_dim
+        super().__init__(logits.shape[:split], logits.shape[split:], validate_args=validate_args)
+
+    @property
+    def support(self):
+        return constraints.independent(constraints.boolean, len(self.event_shape))
+
+    def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self
+        new = self._get_checked_instance(IndependentBernoulli, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self.event_shape)
+        TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def probs(self):
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mean(self):
+        return self.probs
+
+    @property
+    def variance(self):
+        probs = self.probs
+        return probs * (1 - probs)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.logits
+        if logits.shape != value.shape:
+            logits, value = torch.broadcast_tensors(logits, value)
+        event_dims = tuple(range(-len(self.event_shape), 0))
+        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return -(bce.sum(event_dims) if event_dims else bce)
+
+    def sample(self, sample_shape=()):
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            return torch.bernoulli(self.probs.expand(shape))

@@ -1,0 +1,103 @@
+"""The hot-path distributions are the textbook Pyro constructions, bitwise where promised."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from torch.distributions import kl_divergence
+
+from pyro_vae.distributions import IndependentBernoulli, LogVarNormal, UnitNormal, diagonal_normal
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("event_dim", [0, 1, 3])
+def test_independent_bernoulli_is_pyros_bernoulli_bitwise(event_dim):
+    logits = (3 * _rand(5, 1, 4, 4)).requires_grad_()
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.4), generator=torch.Generator().manual_seed(1))
+    ours = IndependentBernoulli(logits, event_dim)
+    pyros = dist.Bernoulli(logits=logits).to_event(event_dim)
+    assert ours.batch_shape == pyros.batch_shape and ours.event_shape == pyros.event_shape
+    (grad_ours,) = torch.autograd.grad(ours.log_prob(x).sum(), logits)
+    (grad_pyro,) = torch.autograd.grad(pyros.log_prob(x).sum(), logits)
+    assert torch.equal(ours.log_prob(x), pyros.log_prob(x))
+    assert torch.equal(grad_ours, grad_pyro)
+    assert torch.equal(ours.mean, pyros.mean) and torch.allclose(ours.variance, pyros.variance)
+
+
+def test_independent_bernoulli_samples_expands_and_validates():
+    logits = _rand(3, 2, 2)
+    d = IndependentBernoulli(logits, 2)
+    torch.manual_seed(0)
+    ours = d.sample((4,))
+    torch.manual_seed(0)
+    assert torch.equal(ours, dist.Bernoulli(logits=logits).to_event(2).sample((4,)))
+    assert ours.shape == (4, 3, 2, 2) and set(ours.unique().tolist()) <= {0.0, 1.0}
+    assert d.expand((3,)) is d  # the plates' no-op expand builds nothing
+    wide = d.expand((5, 3))
+    assert wide.batch_shape == (5, 3) and wide.log_prob(ours[0]).shape == (5, 3)
+    assert torch.equal(wide.log_prob(ours[0])[2], d.log_prob(ours[0]))
+    with pytest.raises(ValueError):
+        IndependentBernoulli(logits, 2, validate_args=True).log_prob(torch.full((3, 2, 2), 0.5))
+    with pytest.raises(ValueError, match="event_dim"):
+        IndependentBernoulli(logits, 4)
+
+
+def test_diagonal_normal_is_normal_to_event_bitwise():
+    loc, logvar = _rand(6, 3).requires_grad_(), _rand(6, 3, seed=1).requires_grad_()
+    ours = diagonal_normal(loc, logvar)
+    pyros = dist.Normal(loc, torch.exp(0.5 * logvar)).to_event(1)
+    torch.manual_seed(0)
+    z = ours.rsample()
+    torch.manual_seed(0)
+    assert torch.equal(z, pyros.rsample())
+    assert torch.equal(ours.log_prob(z), pyros.log_prob(z))
+    assert ours.batch_shape == (6,) and ours.event_shape == (3,)
+    assert ours.expand((6,)) is ours
+    wide = ours.expand((2, 6))
+    assert wide.batch_shape == (2, 6) and isinstance(wide.base_dist, LogVarNormal)
+    assert torch.equal(wide.base_dist.logvar[1], logvar)
+    assert torch.equal(wide.log_prob(z)[0], ours.log_prob(z))
+
+
+def test_kl_to_the_unit_normal_is_the_closed_form():
+    loc, logvar = _rand(6, 3), 2 * _rand(6, 3, seed=1)
+    q = diagonal_normal(loc, logvar)
+    p = UnitNormal(torch.zeros(3), torch.ones(3)).to_event(1).expand((6,))
+    expected = 0.5 * (logvar.exp() + loc**2 - 1 - logvar).sum(-1)
+    assert torch.allclose(kl_divergence(q, p), expected, rtol=1e-6)
+    torch_kl = kl_divergence(dist.Normal(loc, torch.exp(0.5 * logvar)).to_event(1),
+                             dist.Normal(torch.zeros(3), torch.ones(3)).to_event(1))
+    assert torch.allclose(kl_divergence(q, p), torch_kl, rtol=1e-5)
+    # broadcasting against a larger prior batch (e.g. a particle dim) keeps every term
+    wide = UnitNormal(torch.zeros(3), torch.ones(3)).to_event(1).expand((4, 6))
+    assert kl_divergence(q, wide).shape == (4, 6)
+    # against other Normals, torch's Normal-Normal KL applies
+    other = dist.Normal(torch.ones(3), 2 * torch.ones(3)).to_event(1)
+    reference = kl_divergence(dist.Normal(loc, torch.exp(0.5 * logvar)).to_event(1), other)
+    assert torch.allclose(kl_divergence(q, other), reference, rtol=1e-6)
+
+
+def test_the_distributions_inside_pyro_plates():
+    loc, logvar = _rand(4, 2), _rand(4, 2, seed=1)
+
+    def model():
+        with pyro.plate("data", 4):
+            pyro.sample("z", UnitNormal(torch.zeros(2), torch.ones(2)).to_event(1))
+            pyro.sample("x", IndependentBernoulli(_rand(4, 3), 1), obs=torch.ones(4, 3))
+
+    def guide():
+        with pyro.plate("data", 4):
+            pyro.sample("z", diagonal_normal(loc, logvar))
+
+    guide_trace = poutine.trace(guide).get_trace()
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace()
+    for trace in (model_trace, guide_trace):
+        trace.compute_log_prob()
+    assert model_trace.nodes["z"]["fn"].batch_shape == (4,)
+    assert isinstance(model_trace.nodes["z"]["fn"].base_dist, UnitNormal)
+    assert model_trace.nodes["x"]["log_prob"].shape == (4,)
+    assert guide_trace.nodes["z"]["log_prob"].shape == (4,)
