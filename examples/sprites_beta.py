@@ -75,7 +75,7 @@ def score(run, run_dir):
     }
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--short", dest="budget", action="store_const", const="short", help="default")
@@ -84,7 +84,7 @@ def main():
     parser.add_argument("--num-train", type=int)
     parser.add_argument("--runs", nargs="+", default=["beta1", "beta4", "beta4-warmup"])
     parser.add_argument("--out", default="runs/sprites-beta")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     budget = {**BUDGETS[args.budget or "short"]}
     budget.update({k: v for k, v in (("epochs", args.epochs), ("num_train", args.num_train)) if v})
 
@@ -118,6 +118,7 @@ def main():
     for name, r in results["runs"].items():
         print(f"  {name}: " + ", ".join(f"{f} {v['mig']:.2f}/{v['accuracy']:.2f}/z{v['best_code']}"
                                          for f, v in r["per_factor"].items()))
+    return results
 
 
 if __name__ == "__main__":

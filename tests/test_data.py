@@ -1,17 +1,16 @@
 """Tests for pyro_vae.data: datasets, splits, binarisation and batching. No network use."""
 
-import gzip
 import json
 import os
 import pickle
 import socket
-import struct
 from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
+from checks import write_idx
 
 from pyro_vae.data import (
     BINARIZE_MODES,
@@ -62,16 +61,6 @@ def digits():
 @pytest.fixture(scope="module")
 def digits_grey():
     return load_dataset({"name": "digits", "binarize": "none"})
-
-
-def write_idx(path, array, gz=False):
-    """Write uint8 images (magic 2051) or labels (magic 2049) in the big-endian IDX format."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    magic = 2051 if array.ndim == 3 else 2049
-    payload = struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.tobytes()
-    path = Path(f"{path}.gz") if gz else Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(payload) if gz else payload)
 
 
 EMNIST_FILES = tuple(

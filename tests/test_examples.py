@@ -1,12 +1,16 @@
 """The examples' short modes run, and a hand-written model/guide goes through the library's
 training loop, resume and estimator."""
 
+import argparse
 import importlib.util
+import math
 from pathlib import Path
 
 import torch
+from checks import write_fake_mnist
 
 import pyro_vae
+from pyro_vae.train import make_lr_scheduler
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -47,3 +51,68 @@ def test_marginal_likelihood_example_runs_in_short_mode(tmp_path):
             "--num-samples", "30", "300"]
     _, (_, is_large, _, _, naive_large, elbo) = load_example("marginal_likelihood").main(argv)
     assert is_large > elbo and is_large > naive_large  # importance sampling beats both bounds here
+
+
+def test_mnist_example_runs_in_short_mode(tmp_path):
+    root = write_fake_mnist(tmp_path / "data")
+    results = load_example("mnist_vae").main([
+        "--root", str(root), "--out", str(tmp_path / "out"), "--set", "data.val_size=20",
+        "--test-images", "20", "--num-samples", "5",
+    ])
+    for side in ("library", "reference"):
+        r = results[side]
+        assert math.isfinite(r["test_elbo"]) and math.isfinite(r["test_trace_elbo_1"])
+        assert r["test_iwae_bound"] >= r["test_elbo"]  # log-mean-exp >= mean of the same draws
+    assert results["setup"]["train_images"] == 100 and results["setup"]["test_images"] == 20
+    assert (tmp_path / "out" / "comparison.json").is_file()
+
+
+def test_sprites_example_runs_in_short_mode(tmp_path):
+    results = load_example("sprites_beta").main([
+        "--epochs", "1", "--num-train", "300", "--runs", "beta1", "beta4", "--out", str(tmp_path),
+    ])
+    beta1, beta4 = results["runs"]["beta1"], results["runs"]["beta4"]
+    assert beta4["test_kl"] < beta1["test_kl"]  # the same data and seed; β = 4 pays four times per nat of KL
+    assert all(0 <= r["mig"] <= 1 for r in (beta1, beta4))
+    assert any((tmp_path / "beta4" / "figures").glob("*traversal*.png"))
+
+
+def test_burda_example_runs_in_short_mode(tmp_path):
+    root = write_fake_mnist(tmp_path / "data")
+    rows = load_example("burda_table1").main([
+        "--data-root", str(root), "--stages", "2", "--models", "vae-1l-k1", "iwae-2l-k5",
+        "--test-points", "20", "--num-samples", "50", "--out", str(tmp_path / "out"),
+    ])
+    assert [row["model"] for row in rows] == ["vae-1l-k1", "iwae-2l-k5"]
+    assert all(row["epochs"] == 4 and row["num_points"] == 20 for row in rows)
+    assert all(row["test_log_px"] > row["test_elbo"] - 3 * row["test_log_px_stderr"] for row in rows)
+    assert set(rows[1]["active_units"]) == {"z1", "z2"}
+    assert "| iwae-2l-k5 |" in (tmp_path / "out" / "table1.md").read_text()
+
+
+def test_burda_schedule_is_the_papers_staircase():
+    example = load_example("burda_table1")
+    args = argparse.Namespace(seed=0, device="cpu", data_root=Path("."), val_size=0, batch_size=20,
+                              num_samples=5000, eval_batch_size=100)
+    optim = example.make_config("vae-1l-k1", args, example.PAPER_STAGES)["optim"]
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=optim["lr"])
+    scheduler = make_lr_scheduler(optimizer, optim)
+    lrs = []
+    for _ in range(3280):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    stage_of_epoch = [i for i in range(8) for _ in range(3**i)]
+    assert len(stage_of_epoch) == len(lrs) == 3280
+    assert all(math.isclose(lr, 1e-3 * 10 ** (-i / 7), rel_tol=1e-9) for lr, i in zip(lrs, stage_of_epoch))
+    assert optim["eps"] == 1e-4
+
+
+def test_hierarchical_example_runs_in_short_mode(tmp_path):
+    argv = ["--epochs", "2", "--num-samples", "50", "--out", str(tmp_path)]
+    rows = load_example("hierarchical_vae").main(argv)
+    assert list(rows) == ["one-layer", "two-layer", "ladder"]
+    assert set(rows["one-layer"]["kl_per_layer"]) == {"z"}
+    assert set(rows["two-layer"]["kl_per_layer"]) == set(rows["ladder"]["kl_per_layer"]) == {"z1", "z2"}
+    assert all(r["log_px"] > r["elbo"] - 3 * r["log_px_stderr"] for r in rows.values())
+    assert all((tmp_path / name / "figures" / "diagnostics.png").is_file() for name in rows)
