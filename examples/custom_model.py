@@ -1,7 +1,7 @@
 """A hand-written two-layer Pyro model/guide trained with pyro-vae's loop and estimator.
 
-    python examples/custom_model.py            # short: a few epochs on the embedded digits
-    python examples/custom_model.py --epochs 50 --num-samples 5000
+    python examples/custom_model.py            # short (default): 5 epochs on the embedded digits, K = 500
+    python examples/custom_model.py --full     # 50 epochs, K = 5000
 
 Any ``nn.Module`` whose ``model(x)`` and ``guide(x)`` are Pyro programs with a
 ``pyro.plate("data")`` over the batch can be passed to ``pyro_vae.train(model=...)``: it
@@ -57,10 +57,13 @@ class TwoLayerVAE(nn.Module):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--num-samples", type=int, default=500, help="importance samples K")
+    parser.add_argument("--full", action="store_true", help="50 epochs and K = 5000 (default: 5 and 500)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--num-samples", type=int, help="importance samples K")
     parser.add_argument("--out", default="runs/custom-model")
     args = parser.parse_args(argv)
+    args.epochs = args.epochs or (50 if args.full else 5)
+    args.num_samples = args.num_samples or (5000 if args.full else 500)
 
     pyro.clear_param_store()
     config = {"train": {"epochs": args.epochs}, "objective": {"name": "elbo"}}

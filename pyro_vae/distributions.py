@@ -119,6 +119,11 @@ class IndependentBernoulli(TorchDistribution):
         probs = self.probs
         return probs * (1 - probs)
 
+    def entropy(self):
+        probs = self.probs
+        entropy = F.binary_cross_entropy_with_logits(self.logits, probs, reduction="none")
+        return entropy.sum(tuple(range(-len(self.event_shape), 0))) if self.event_shape else entropy
+
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)

@@ -6,6 +6,7 @@ import socket
 
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 import torch.distributed
 import torch.multiprocessing as mp
@@ -17,9 +18,9 @@ from pyro_vae.distributed import setup, sharded_log_likelihood
 WORLD_SIZE, LOCAL_BATCH = 2, 16
 
 
-def config(batch_size):
+def config(batch_size, objective="elbo"):
     # Adam with a large ε is sensitive to the gradient's scale, not just its direction.
-    return {"data": {"name": "digits", "binarize": "static"}, "objective": {"name": "elbo"},
+    return {"data": {"name": "digits", "binarize": "static"}, "objective": objective,
             "optim": {"eps": 10.0, "lr": 0.01}, "train": {"epochs": 2, "batch_size": batch_size}}
 
 
@@ -46,11 +47,11 @@ class DeltaGuideVAE(nn.Module):
             pyro.sample("z", dist.Delta(self.encoder(x.flatten(1)), event_dim=1))
 
 
-def _worker(rank, port, out, results):
+def _worker(rank, port, out, results, objective):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    run = train(config(LOCAL_BATCH), out, model=DeltaGuideVAE(), progress=False)
+    run = train(config(LOCAL_BATCH, objective), out, model=DeltaGuideVAE(), progress=False)
     torch.save(run.vae.state_dict(), os.path.join(results, f"rank{rank}.pt"))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -62,10 +63,11 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process_with_the_global_batch(tmp_path):
-    mp.spawn(_worker, args=(free_port(), str(tmp_path / "ddp"), str(tmp_path)), nprocs=WORLD_SIZE)
+@pytest.mark.parametrize("objective", ["elbo", {"name": "iwae", "num_particles": 3}])
+def test_two_gloo_processes_match_one_process_with_the_global_batch(tmp_path, objective):
+    mp.spawn(_worker, args=(free_port(), str(tmp_path / "ddp"), str(tmp_path), objective), nprocs=WORLD_SIZE)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
-    single = train(config(LOCAL_BATCH * WORLD_SIZE), tmp_path / "single", model=DeltaGuideVAE(),
+    single = train(config(LOCAL_BATCH * WORLD_SIZE, objective), tmp_path / "single", model=DeltaGuideVAE(),
                    progress=False).vae.state_dict()
     for name, value in single.items():
         assert torch.equal(ranks[0][name], ranks[1][name])

@@ -26,6 +26,7 @@ def test_independent_bernoulli_is_pyros_bernoulli_bitwise(event_dim):
     assert torch.equal(ours.log_prob(x), pyros.log_prob(x))
     assert torch.equal(grad_ours, grad_pyro)
     assert torch.equal(ours.mean, pyros.mean) and torch.allclose(ours.variance, pyros.variance)
+    assert torch.allclose(ours.entropy(), pyros.entropy(), rtol=1e-6)
 
 
 def test_independent_bernoulli_samples_expands_and_validates():

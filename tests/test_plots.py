@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from pyro_vae import VAE, evaluate, train
 from pyro_vae.cli import main
 from pyro_vae.data import binarize_fixed, load_dataset
-from pyro_vae.model import diagonal_normal
+from pyro_vae.distributions import diagonal_normal
 from pyro_vae.plots import (
     FIGURES,
     as_images,
