@@ -243,9 +243,10 @@ def temporary_attributes(module, settings):
 def step_settings(vae, objective, mixed_precision):
     """The VAE attributes the training step runs with (see :class:`~pyro_vae.VAE`).
 
-    * ``register_params=False`` where the objective has a ``differentiable_loss`` (all but
-      ``iwae``): the loop optimises ``vae.parameters()`` itself, so the model need not
-      register them in Pyro's param store on every call;
+    * ``register_params=False`` where the objective has a ``differentiable_loss`` (all of
+      the library's; a user's objective with only ``loss_and_grads`` needs the param sites):
+      the loop optimises ``vae.parameters()`` itself, so the model need not register them
+      in Pyro's param store on every call;
     * ``network_autocast=torch.bfloat16`` with ``train.mixed_precision: bf16``.
     """
     settings = {}
