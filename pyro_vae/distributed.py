@@ -31,13 +31,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, PyroVAEError
-from .marginal import (
-    ImportanceSamplingWarning,
-    MarginalLikelihood,
-    khat_threshold,
-    log_likelihood,
-    warn_if_unreliable,
-)
+from .marginal import ImportanceSamplingWarning, MarginalLikelihood, log_likelihood, warn_if_unreliable
+from .psis import khat_threshold
 
 PER_POINT = ("log_px", "stderr", "ess", "khat", "elbo")
 

@@ -636,7 +636,8 @@ def plot_estimate_vs_samples(num_samples, means, stderrs, elbo=None):
 def load_eval_points(run_dir):
     """The per-point results ``pyro-vae evaluate`` saved (``eval_points.pt`` and ``eval.json``)
     as a :class:`~pyro_vae.marginal.MarginalLikelihood`, or ``None`` if the run was not evaluated."""
-    from .marginal import MarginalLikelihood, khat_threshold
+    from .marginal import MarginalLikelihood
+    from .psis import khat_threshold
 
     run_dir = Path(run_dir)
     points, summary = run_dir / "eval_points.pt", run_dir / "eval.json"

@@ -26,7 +26,9 @@ import math
 import numpy as np
 import torch
 
-from .data import DATASETS, Splits, _check_int, _make_splits
+from .data import DATASETS, Splits
+from .data.checks import check_int
+from .data.loading import make_splits
 from .errors import ConfigError, DataError
 
 __all__ = [
@@ -168,11 +170,11 @@ def sprites(num_train: int = 20000, num_val: int = 2000, num_test: int = 2000, s
     """
     what = "dataset 'sprites'"
     sizes = {
-        "train": _check_int("num_train", num_train, minimum=1, what=what),
-        "val": _check_int("num_val", num_val, minimum=0, what=what),
-        "test": _check_int("num_test", num_test, minimum=0, what=what),
+        "train": check_int("num_train", num_train, minimum=1, what=what),
+        "val": check_int("num_val", num_val, minimum=0, what=what),
+        "test": check_int("num_test", num_test, minimum=0, what=what),
     }
-    seed = _check_int("seed", seed, minimum=0, what=what)
+    seed = check_int("seed", seed, minimum=0, what=what)
     if sum(sizes.values()) > NUM_SPRITES:
         raise ConfigError(f"num_train + num_val + num_test of {what} must be at most {NUM_SPRITES}.")
     order = torch.from_numpy(np.random.RandomState(seed).permutation(NUM_SPRITES)[: sum(sizes.values())])
@@ -190,4 +192,4 @@ def sprites(num_train: int = 20000, num_val: int = 2000, num_test: int = 2000, s
         "split": f"seeded sample without replacement of the {NUM_SPRITES} factor combinations",
         "seed": seed,
     }
-    return _make_splits(data, info, factors=factors)
+    return make_splits(data, info, factors=factors)

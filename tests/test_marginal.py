@@ -17,16 +17,12 @@ from pyro_vae.marginal import (
     ImportanceSamplingWarning,
     MarginalLikelihood,
     _inspect,
-    _kept_top,
     _log_weights,
-    _psis_khat_own,
     _StreamingWeights,
-    _tail_length,
-    khat_threshold,
     log_likelihood,
     naive_log_likelihood,
-    psis_khat,
 )
+from pyro_vae.psis import _psis_khat_own, kept_top, khat_threshold, psis_khat, tail_length
 
 F64 = torch.float64
 
@@ -450,7 +446,7 @@ def test_tail_length_matches_arviz_rule():
     src = inspect.getsource(az.psislw)
     assert "min(n_samples / 5.0, 3 * (n_samples / reff) ** 0.5)" in src
     for K in (21, 100, 225, 226, 1000, 5000, 10**6):
-        assert _tail_length(K) == int(np.ceil(min(K / 5.0, 3 * K**0.5)))
+        assert tail_length(K) == int(np.ceil(min(K / 5.0, 3 * K**0.5)))
 
 
 def test_end_to_end_khat_matches_arviz_on_the_actual_weights():
@@ -639,8 +635,8 @@ def test_bad_sizes_and_models():
 
 def test_stored_tail_is_order_sqrt_K():
     for K in (1, 10, 100, 10**4, 10**6, 10**8):
-        assert _kept_top(K) <= 3 * math.sqrt(K) + 2
-        assert _kept_top(K) <= K
+        assert kept_top(K) <= 3 * math.sqrt(K) + 2
+        assert kept_top(K) <= K
     K, B = 50000, 3
     stats = _StreamingWeights(B, K, torch.device("cpu"))
     rng = torch.Generator().manual_seed(0)
@@ -651,7 +647,7 @@ def test_stored_tail_is_order_sqrt_K():
         chunks.append(lw)
         stats.update(lw)
         widths.append(stats.top.shape[1])
-    assert max(widths) == _kept_top(K) == _tail_length(K) + 1 == 672
+    assert max(widths) == kept_top(K) == tail_length(K) + 1 == 672
     full = torch.cat(chunks, 1)
     torch.testing.assert_close(stats.top, full.topk(672, dim=1).values)
     out = stats.finalize()
@@ -670,7 +666,7 @@ def test_log_likelihood_keeps_only_the_tail(monkeypatch):
     monkeypatch.setattr(_StreamingWeights, "update", spy)
     lg = LinearGaussian()
     log_likelihood(lg.model, lg.guide_fn(scale=1.2), lg.sample(4), num_samples=5000, chunk_size=100)
-    assert len(widths) == 50 and max(widths) == _kept_top(5000) == 214
+    assert len(widths) == 50 and max(widths) == kept_top(5000) == 214
 
 
 def test_summary_and_mean():
