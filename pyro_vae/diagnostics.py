@@ -8,12 +8,18 @@ unscaled densities (β excluded):
 * active units of layer l: dimensions whose posterior mean varies across the data,
   Cov_x(E_q[z_l]) > 0.01 (Burda et al. 2015), a detector of collapsed layers.
 
-The ELBO per point is reconstruction − Σ_l KL_l.
+The ELBO per point is reconstruction − Σ_l KL_l (:func:`elbo_terms`, :func:`latent_summary`).
+
+Per latent dimension (the figures of :mod:`pyro_vae.plots` sort and draw these):
+:func:`kl_per_dimension` (average KL(q ‖ p) of each dimension of each layer),
+:func:`posterior_means` and :func:`dimension_scores` (the KL where the prior factorises,
+else the variance of the posterior means).
 """
 
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import Independent, Normal, kl_divergence
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -71,3 +77,71 @@ def latent_summary(vae, x, batch_size=1000):
             for site, m in means.items()
         },
     }
+
+
+@torch.no_grad()
+def posterior_means(vae, x, batch_size=1024):
+    """Means of q for every layer along the path of means: ``{site: (N, d) tensor}``."""
+    parts = [vae.encode_layers(xb) for xb in x.split(batch_size)]
+    return {site: torch.cat([p[layer][0] for p in parts]) for layer, site in enumerate(vae.sites)}
+
+
+def _factorised(fn):
+    """The univariate base of a ``Independent(base, 1)`` distribution, or None."""
+    if isinstance(fn, Independent) and fn.reinterpreted_batch_ndims == 1 and fn.base_dist.event_shape == ():
+        return fn.base_dist
+    return None
+
+
+@torch.no_grad()
+def kl_per_dimension(vae, x, num_particles=8, batch_size=512):
+    """Average KL(q ‖ p) per latent dimension and layer, in nats per data point.
+
+    Returns ``{site: (d,) numpy array or None}``. Each dimension's term is
+    E_x E_q[log q(z_d | ·) − log p(z_d | ·)] (unscaled by β), so the entries of all layers
+    add up to the KL part of the ELBO. For the top layer with Gaussian q and a Gaussian
+    prior the KL is exact per draw; lower layers (whose prior depends on the layer above)
+    use ``num_particles`` Monte Carlo draws per point. ``None`` marks a layer whose prior
+    does not factorise over dimensions (mixture, VampPrior, flow): there is no
+    per-dimension KL, see :func:`posterior_means` for a substitute.
+    """
+    top = vae.sites[-1]
+    sums = {site: 0.0 for site in vae.sites}
+    for xb in x.split(max(1, batch_size // num_particles)):
+        xs = xb.repeat((num_particles,) + (1,) * (xb.dim() - 1))
+        with poutine.block():
+            guide = poutine.trace(vae.guide).get_trace(xs)
+            model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(xs)
+        for site in vae.sites:
+            if sums[site] is None:
+                continue
+            q, p = _factorised(guide.nodes[site]["fn"]), _factorised(model.nodes[site]["fn"])
+            if q is None or p is None:
+                sums[site] = None
+                continue
+            if site == top and isinstance(q, Normal) and isinstance(p, Normal):
+                kl = kl_divergence(q, p)
+            else:
+                value = guide.nodes[site]["value"]
+                kl = q.log_prob(value) - p.log_prob(value)
+            sums[site] = sums[site] + kl.double().sum(0).cpu()
+    count = len(x) * num_particles
+    return {site: None if s is None else (s / count).numpy() for site, s in sums.items()}
+
+
+def dimension_scores(vae, x, num_particles=8):
+    """Per-dimension activity of each layer: ``{site: (values, label)}``.
+
+    The KL of :func:`kl_per_dimension` where it exists, else the variance over ``x`` of the
+    posterior means (a dimension the decoder ignores has both close to 0).
+    """
+    kl = kl_per_dimension(vae, x, num_particles)
+    means = None
+    out = {}
+    for site in vae.sites:
+        if kl[site] is not None:
+            out[site] = (kl[site], "KL(q ‖ p) [nats]")
+        else:
+            means = posterior_means(vae, x) if means is None else means
+            out[site] = (means[site].detach().double().var(0).cpu().numpy(), "variance of posterior mean")
+    return out

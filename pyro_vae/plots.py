@@ -32,14 +32,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from pyro import poutine  # noqa: E402
-from torch.distributions import Independent, Normal, kl_divergence  # noqa: E402
+
+from .diagnostics import ACTIVE_UNIT_THRESHOLD, dimension_scores, posterior_means  # noqa: E402
 
 DPI = 120
 MAX_FIGURE_INCHES = 16.0
 """Image grids are scaled down to at most this width and height (at :data:`DPI`)."""
-ACTIVE_VARIANCE = 0.01
-"""A dimension is 'active' when the variance over x of its posterior mean exceeds this (Burda et al.)."""
 
 
 def save_figure(figure, path):
@@ -147,74 +145,6 @@ def _centres(count, pitch, pad):
 
 def _cpu(t):
     return t.detach().float().cpu()
-
-
-@torch.no_grad()
-def posterior_means(vae, x, batch_size=1024):
-    """Means of q for every layer along the path of means: ``{site: (N, d) tensor}``."""
-    parts = [vae.encode_layers(xb) for xb in x.split(batch_size)]
-    return {site: torch.cat([p[layer][0] for p in parts]) for layer, site in enumerate(vae.sites)}
-
-
-def _factorised(fn):
-    """The univariate base of a ``Independent(base, 1)`` distribution, or None."""
-    if isinstance(fn, Independent) and fn.reinterpreted_batch_ndims == 1 and fn.base_dist.event_shape == ():
-        return fn.base_dist
-    return None
-
-
-@torch.no_grad()
-def kl_per_dimension(vae, x, num_particles=8, batch_size=512):
-    """Average KL(q ‖ p) per latent dimension and layer, in nats per data point.
-
-    Returns ``{site: (d,) numpy array or None}``. Each dimension's term is
-    E_x E_q[log q(z_d | ·) − log p(z_d | ·)] (unscaled by β), so the entries of all layers
-    add up to the KL part of the ELBO. For the top layer with Gaussian q and a Gaussian
-    prior the KL is exact per draw; lower layers (whose prior depends on the layer above)
-    use ``num_particles`` Monte Carlo draws per point. ``None`` marks a layer whose prior
-    does not factorise over dimensions (mixture, VampPrior, flow): there is no
-    per-dimension KL, see :func:`posterior_means` for a substitute.
-    """
-    top = vae.sites[-1]
-    sums = {site: 0.0 for site in vae.sites}
-    for xb in x.split(max(1, batch_size // num_particles)):
-        xs = xb.repeat((num_particles,) + (1,) * (xb.dim() - 1))
-        with poutine.block():
-            guide = poutine.trace(vae.guide).get_trace(xs)
-            model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(xs)
-        for site in vae.sites:
-            if sums[site] is None:
-                continue
-            q, p = _factorised(guide.nodes[site]["fn"]), _factorised(model.nodes[site]["fn"])
-            if q is None or p is None:
-                sums[site] = None
-                continue
-            if site == top and isinstance(q, Normal) and isinstance(p, Normal):
-                kl = kl_divergence(q, p)
-            else:
-                value = guide.nodes[site]["value"]
-                kl = q.log_prob(value) - p.log_prob(value)
-            sums[site] = sums[site] + kl.double().sum(0).cpu()
-    count = len(x) * num_particles
-    return {site: None if s is None else (s / count).numpy() for site, s in sums.items()}
-
-
-def dimension_scores(vae, x, num_particles=8):
-    """Per-dimension activity of each layer: ``{site: (values, label)}``.
-
-    The KL of :func:`kl_per_dimension` where it exists, else the variance over ``x`` of the
-    posterior means (a dimension the decoder ignores has both close to 0).
-    """
-    kl = kl_per_dimension(vae, x, num_particles)
-    means = None
-    out = {}
-    for site in vae.sites:
-        if kl[site] is not None:
-            out[site] = (kl[site], "KL(q ‖ p) [nats]")
-        else:
-            means = posterior_means(vae, x) if means is None else means
-            out[site] = (_cpu(means[site]).double().var(0).numpy(), "variance of posterior mean")
-    return out
 
 
 def _is_standard_normal(vae):
@@ -491,13 +421,14 @@ def plot_kl_per_dimension(vae, x, scores=None):
         is_kl = label.startswith("KL")
         ax.bar(np.arange(len(values)), values, color="C0" if is_kl else "C2")
         if not is_kl:
-            ax.axhline(ACTIVE_VARIANCE, color="k", ls="--", lw=0.8, label=f"active > {ACTIVE_VARIANCE}")
+            ax.axhline(ACTIVE_UNIT_THRESHOLD, color="k", ls="--", lw=0.8,
+                       label=f"active > {ACTIVE_UNIT_THRESHOLD}")
             ax.legend(fontsize=7)
         ax.set_xticks(np.arange(len(values)))
         ax.tick_params(labelsize=7)
         ax.set_xlabel(f"dimension of {site}", fontsize=9)
         ax.set_ylabel(label, fontsize=9)
-        active = int((values > ACTIVE_VARIANCE).sum())
+        active = int((values > ACTIVE_UNIT_THRESHOLD).sum())
         total = f"total {np.sum(values):.2f} nats" if is_kl else f"{active} active"
         ax.set_title(f"{site}: {total}", fontsize=9)
     figure.suptitle("KL per latent dimension (validation data, β = 1)", fontsize=10)
@@ -732,8 +663,6 @@ def sample_grid(run_dir, num_samples=64, out=None, mean=True, seed=0):
 __all__ = [
     "FIGURES",
     "as_images",
-    "dimension_scores",
-    "kl_per_dimension",
     "load_eval_points",
     "plot_estimate_vs_samples",
     "plot_kl_per_dimension",
@@ -745,7 +674,6 @@ __all__ = [
     "plot_samples",
     "plot_training_curves",
     "plot_traversals",
-    "posterior_means",
     "read_metrics",
     "sample_grid",
     "save_figure",

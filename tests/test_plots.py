@@ -8,12 +8,11 @@ from matplotlib.figure import Figure
 from pyro_vae import VAE, evaluate, train
 from pyro_vae.cli import main
 from pyro_vae.data import binarize_fixed, load_dataset
+from pyro_vae.diagnostics import dimension_scores, kl_per_dimension
 from pyro_vae.distributions import diagonal_normal
 from pyro_vae.plots import (
     FIGURES,
     as_images,
-    dimension_scores,
-    kl_per_dimension,
     plot_kl_per_dimension,
     plot_latent_space,
     plot_reconstructions,
