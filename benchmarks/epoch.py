@@ -23,7 +23,6 @@ With dynamic binarisation (default, as the library's MNIST default) every side d
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import sys
 import tempfile
@@ -37,7 +36,9 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-train_module = importlib.import_module("pyro_vae.train")
+from pyro_vae.rundir import RunDir  # noqa: E402
+from pyro_vae.runs import Run  # noqa: E402
+from pyro_vae.trainer import Trainer  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -89,8 +90,8 @@ def make_trainer(args, config, splits, proto, name, out_dir):
     vae = common.make_vae(config["model"]["encoder"], config["model"]["decoder"], args.latent_dim,
                           splits.train.device, args.seed, name=name)
     vae.load_state_dict(proto.state_dict())
-    run = train_module.Run(resolve(config), splits.train.device, splits, vae, splits.val, splits.test)
-    trainer = train_module.Trainer(run, out_dir, progress=False)
+    run = Run(resolve(config), splits.train.device, splits, vae, splits.val, splits.test)
+    trainer = Trainer(run, RunDir(out_dir), progress=False)
     trainer._start(resume=False)
     return trainer
 

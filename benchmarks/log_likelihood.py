@@ -102,7 +102,7 @@ def train_briefly(vae, x, steps, device):
     import pyro
 
     from pyro_vae.objectives import OBJECTIVES, step_loss
-    from pyro_vae.train import make_adam
+    from pyro_vae.trainer import make_adam
 
     objective, opt = OBJECTIVES.build("elbo-analytic"), make_adam(vae.parameters(), lr=1e-3)
     with pyro.validation_enabled(False):

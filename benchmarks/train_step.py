@@ -65,7 +65,7 @@ class Cycle:
 def library_step(vae, objective, mixed_precision, lr):
     """One step of the library's trainer loop (see ``Trainer._step`` and ``Trainer._epoch``)."""
     from pyro_vae.objectives import step_loss
-    from pyro_vae.train import make_adam, step_settings, temporary_attributes
+    from pyro_vae.trainer import make_adam, step_settings, temporary_attributes
 
     settings = step_settings(vae, objective, mixed_precision)
     opt = make_adam(vae.parameters(), lr=lr)
@@ -115,7 +115,7 @@ def build_sides(args, enc, dec, device, batches, names):
 def check_same_computation(args, proto, x):
     """Library loss/gradients == hand-written loss/gradients at the same seed (same ε)."""
     from pyro_vae.objectives import OBJECTIVES, step_loss
-    from pyro_vae.train import step_settings, temporary_attributes
+    from pyro_vae.trainer import step_settings, temporary_attributes
 
     ref = common.ReferenceVAE.from_vae(proto, bound=not args.no_bound)
     objective = OBJECTIVES.build(args.objective)

@@ -46,7 +46,9 @@ import torch
 from pyro_vae import config as configuration
 from pyro_vae.diagnostics import latent_summary
 from pyro_vae.marginal import log_likelihood
-from pyro_vae.train import Run, Trainer
+from pyro_vae.rundir import RunDir
+from pyro_vae.runs import Run
+from pyro_vae.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,17 +121,16 @@ def train_model(config, out_dir, progress):
     A finished run is not trained again (its checkpoint is loaded); the evaluation options
     may change between calls, the rest of the config may not.
     """
-    resume = (out_dir / "config.yaml").is_file()
+    rundir = RunDir(out_dir)
+    resume = rundir.holds_run()
     if resume:
-        saved = configuration.load_yaml(out_dir / "config.yaml")
-        saved.pop("data_info", None)
-        saved = configuration.resolve(saved)
+        saved = rundir.config
         differ = sorted(key for key in config if key != "eval" and saved[key] != config[key])
         if differ:
             raise SystemExit(f"{out_dir} holds a run with another {', '.join(differ)}; choose another --out.")
     run = Run.build(config)
     start = time.perf_counter()
-    Trainer(run, out_dir, progress).fit(resume)
+    Trainer(run, rundir, progress).fit(resume)
     return run, time.perf_counter() - start
 
 

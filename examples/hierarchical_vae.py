@@ -8,7 +8,7 @@ MNIST ``50`` against ``[100, 50]``, the two architectures of Burda et al. 2015) 
 ladder variant, ``model.inference: top-down``. Everything else is the library's standard
 path: ``pyro_vae.train`` (per-layer KL and active units in ``metrics.jsonl``),
 ``pyro_vae.evaluate`` (importance-sampled log p(x) with all latent sites in the proposal,
-``eval.json``) and ``pyro_vae.plots.plot_run`` (figures, with a KL bar per layer). Each
+``eval.json``) and ``pyro_vae.figures.plot_run`` (figures, with a KL bar per layer). Each
 run's directory is ``<out>/<name>/``; the comparison is printed and written to
 ``<out>/hierarchy.json``.
 
@@ -21,7 +21,8 @@ import json
 from pathlib import Path
 
 import pyro_vae
-from pyro_vae.plots import plot_run, read_metrics
+from pyro_vae.figures import plot_run
+from pyro_vae.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def main(argv=None):
         except pyro_vae.PyroVAEError as error:
             raise SystemExit(f"error: {error}") from None
         plot_run(run_dir)
-        last = read_metrics(run_dir / "metrics.jsonl")[-1]
+        last = RunDir(run_dir).read_metrics()[-1]
         rows[name] = {
             "latent_dim": configs(budget)[name]["model"]["latent_dim"],
             "log_px": summary["log_px_mean"],

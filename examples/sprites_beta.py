@@ -24,7 +24,7 @@ Each run is scored on the test split: the ELBO, its reconstruction term E_q[log 
 and KL (nats per image, unscaled by β, one draw of z, ``pyro_vae.diagnostics.latent_summary``),
 active units (Cov_x E_q[z] > 0.01), MIG with 40 bins per code (and with 20, the
 disentanglement_lib default, which caps factors with 32 or 40 values below 1) and DCI
-(``pyro_vae.disentanglement``), all on posterior means. ``pyro_vae.plots.plot_run`` writes the
+(``pyro_vae.disentanglement``), all on posterior means. ``pyro_vae.figures.plot_run`` writes the
 figures (traversals, reconstructions, ...) into each ``<out>/<run>/figures``; the numbers go
 to ``<out>/results.json`` and a Markdown table is printed.
 """
@@ -40,7 +40,8 @@ import pyro_vae
 from pyro_vae.config import load_yaml
 from pyro_vae.diagnostics import latent_summary
 from pyro_vae.disentanglement import latent_codes, mig, score_run
-from pyro_vae.plots import plot_run, read_metrics
+from pyro_vae.figures import plot_run
+from pyro_vae.rundir import RunDir
 
 PRESET = Path(__file__).resolve().parent / "configs" / "sprites-beta-vae.yaml"
 BUDGETS = {"short": {"num_train": 10000, "epochs": 10}, "full": {"num_train": 30000, "epochs": 20}}
@@ -71,7 +72,7 @@ def score(run, run_dir):
         "dci_completeness": scores["dci_completeness"],
         "dci_informativeness": scores["dci_informativeness"],
         "per_factor": scores["per_factor"],
-        "train_seconds": sum(m["seconds"] for m in read_metrics(run_dir / "metrics.jsonl")),
+        "train_seconds": sum(m["seconds"] for m in RunDir(run_dir).read_metrics()),
     }
 
 

@@ -30,16 +30,16 @@ writes either (with the h5netcdf or netCDF4 engine, whichever is installed).
 """
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
+from .atomic import atomic_write
 from .errors import DataError
+from .traces import latent_sites, log_densities, max_plate_nesting, per_point, trace_model_and_guide
+from .validation import check_int
 
 __all__ = [
     "arviz_major_version",
@@ -49,7 +49,6 @@ __all__ = [
     "to_inference_data",
 ]
 
-_PARTICLES = "_pyro_vae_arviz_particles"
 _ELEMENT_BUDGET = 2**22  # data elements x draws per model call (as pyro_vae.marginal)
 
 
@@ -78,36 +77,16 @@ def _from_dict(groups, coords, dims):
     return arviz.from_dict(**groups, coords=coords, dims=dims)
 
 
-def _per_point(log_prob, num, batch):
-    """A site's log-density as ``(num, batch)``: summed over any dims beyond draws and points."""
-    lp = log_prob.double()
-    lp = lp.reshape((1,) * max(0, 2 - lp.dim()) + tuple(lp.shape))
-    if lp.dim() > 2:
-        lp = lp.flatten(2).sum(-1)
-    return lp.expand(num, batch)
-
-
 @torch.no_grad()
-def _draws(vae, x, num):
+def _draws(vae, x, num, nesting):
     """One chunk: latent draws ``{site: (num, B, d)}``, log w, log q and log p(x|z), each ``(num, B)``."""
     batch = x.shape[0]
-    with poutine.block(), pyro.plate(_PARTICLES, num, dim=-2):
-        guide = poutine.trace(vae.guide).get_trace(x)
-        model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
-    latents, log_q, log_joint, log_lik = {}, 0.0, 0.0, 0.0
-    for name, site in model.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if site["is_observed"]:
-            term = _per_point(site["fn"].log_prob(site["value"]), num, batch)
-            log_lik = log_lik + term
-            log_joint = log_joint + term
-        elif name in guide.nodes and guide.nodes[name]["type"] == "sample":
-            gsite = guide.nodes[name]
-            value = gsite["value"]
-            latents[name] = value.reshape(num, batch, -1)
-            log_joint = log_joint + _per_point(site["fn"].log_prob(value), num, batch)
-            log_q = log_q + _per_point(gsite["fn"].log_prob(value), num, batch)
+    traces = trace_model_and_guide(vae.model, vae.guide, x, num_particles=num, max_plate_nesting=nesting)
+    observed, latent = log_densities(*traces, batch, num, dtype=torch.float64)
+    log_lik = sum(observed.values())
+    log_joint = log_lik + sum(lp for lp, _ in latent.values())
+    log_q = sum(lq for _, lq in latent.values())
+    latents = {name: per_point(q["value"], q, batch, num) for name, (_, q) in latent_sites(*traces).items()}
     return latents, log_joint - log_q, log_q, log_lik
 
 
@@ -126,22 +105,24 @@ def to_inference_data(vae, x, num_samples=100, point_index=None, batch_size=None
     """
     if not torch.is_tensor(x) or x.dim() < 1 or len(x) == 0:
         raise DataError("x must be a non-empty tensor of data points, shaped (N, *data_shape).")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise DataError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    num_samples = check_int(num_samples, "num_samples")
+    batch_size = check_int(batch_size, "batch_size", allow_none=True)
     n = len(x)
     point_index = np.arange(n) if point_index is None else np.asarray(point_index)
     if point_index.shape != (n,):
         raise DataError(f"point_index must have one entry per data point ({n}), got {point_index.shape}.")
     if batch_size is None:
         batch_size = max(1, _ELEMENT_BUDGET // (num_samples * max(1, x[0].numel())))
-    if seed is not None:
-        pyro.set_rng_seed(seed)
     was_training = vae.training
     vae.eval()
     parts = []
     try:
+        with torch.no_grad():
+            nesting = max_plate_nesting(*trace_model_and_guide(vae.model, vae.guide, x[:1]))
+        if seed is not None:
+            pyro.set_rng_seed(seed)
         for xb in x.split(batch_size):
-            parts.append(_draws(vae, xb, num_samples))
+            parts.append(_draws(vae, xb, num_samples, nesting))
     finally:
         vae.train(was_training)
 
@@ -180,21 +161,15 @@ def log_px_from(idata):
 def save_inference_data(idata, path):
     """Write ``idata`` (InferenceData or DataTree) to a NetCDF file, creating folders; returns the path.
 
-    The file is written next to ``path`` and then moved into place, so an existing file
-    (even one still open for reading) is replaced whole.
+    The file is written with :func:`pyro_vae.atomic.atomic_write` (next to ``path``, then
+    moved into place), so an existing file (even one still open for reading) is replaced whole.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_write(path) as tmp:
         if arviz_major_version() >= 1:
             idata.to_netcdf(tmp, engine=_netcdf_engine())
         else:
             idata.to_netcdf(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def load_inference_data(path):

@@ -1,37 +1,23 @@
 """Atomic, verified checkpoints of a training run.
 
-Each epoch's state is written to a temporary file, flushed to disk and renamed, so a
-kill mid-write never leaves a half-written checkpoint under its final name. Files are
+Each epoch's state is written with :func:`pyro_vae.atomic.atomic_write` (a temporary
+file, flushed to disk and renamed), so a kill mid-write never leaves a half-written
+checkpoint under its final name. Files are
 read with ``torch.load(weights_only=True)``: only tensors and plain containers load,
 never pickled code. The newest file that loads is used; a corrupt one is reported by
 name and skipped.
 """
 
-import os
 import re
 import warnings
 from pathlib import Path
 
 import torch
 
-from .errors import PyroVAEError
+from .atomic import save_torch
+from .errors import CheckpointError
 
 PATTERN = re.compile(r"epoch-(\d+)\.pt$")
-
-
-class CheckpointError(PyroVAEError):
-    """A checkpoint file that cannot be read."""
-
-
-def save_atomic(state, path):
-    """``torch.save(state, path)`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -85,8 +71,7 @@ class CheckpointDir:
         return [p for _, p in sorted(found, reverse=True)]
 
     def save(self, state, epoch):
-        self.directory.mkdir(parents=True, exist_ok=True)
-        save_atomic(state, self.directory / f"epoch-{epoch:04d}.pt")
+        save_torch(state, self.directory / f"epoch-{epoch:04d}.pt")
         for old in self.paths()[self.keep:]:
             old.unlink()
 

@@ -1,7 +1,8 @@
 """The ``pyro-vae`` command: ``train``, ``evaluate``, ``list``, ``plot`` and ``sample``.
 
 Bad input (unknown names, invalid values, missing files) prints one paragraph on
-stderr and exits with status 2; nothing is half-written.
+stderr and exits with status 2; nothing is half-written. Each command imports what it
+needs when it runs, so ``pyro-vae --help`` answers without loading torch.
 """
 
 import argparse
@@ -27,7 +28,9 @@ def _parser():
 
     evaluate = commands.add_parser("evaluate", help="estimate log p(x) on the test split -> eval.json")
     evaluate.add_argument("run_dir")
-    evaluate.add_argument("--num-samples", type=int, help="importance samples K per data point")
+    evaluate.add_argument("--estimator", help="estimator name (default: the run's eval.estimator, "
+                          "importance); see pyro-vae list")
+    evaluate.add_argument("--num-samples", type=int, help="samples K per data point")
     evaluate.add_argument("--batch-size", type=int, help="data points per batch")
     evaluate.add_argument("--no-progress", action="store_true")
 
@@ -54,7 +57,7 @@ def _is_main_process():
 
 def _train(args):
     from .config import load_yaml
-    from .train import train
+    from .training import train
 
     user = load_yaml(args.config) if args.config else {}
     if args.resume and not args.out:
@@ -66,37 +69,39 @@ def _train(args):
 
 
 def _evaluate(args):
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
-    summary = evaluate(args.run_dir, args.num_samples, args.batch_size, progress=not args.no_progress)
+    summary = evaluate(args.run_dir, args.num_samples, args.batch_size, progress=not args.no_progress,
+                       estimator=args.estimator)
     if _is_main_process():
         print(json.dumps(summary, indent=2))
 
 
 def _list(_args):
     from .data import DATASETS
+    from .estimators import ESTIMATORS
     from .likelihoods import LIKELIHOODS
     from .networks import NETWORKS
     from .objectives import OBJECTIVES
     from .priors import PRIORS
     from .schedules import BETA_SCHEDULES
 
-    for registry in (DATASETS, PRIORS, LIKELIHOODS, NETWORKS, OBJECTIVES, BETA_SCHEDULES):
+    for registry in (DATASETS, PRIORS, LIKELIHOODS, NETWORKS, OBJECTIVES, BETA_SCHEDULES, ESTIMATORS):
         print(f"{registry.kind}s: {', '.join(registry.names())}")
 
 
 def _plot(args):
-    from .plots import plot_run
+    from .figures import plot_run
 
     for path in plot_run(args.run_dir, args.out_dir, seed=args.seed).values():
         print(path)
 
 
 def _sample(args):
-    from .plots import sample_grid
+    from .figures import sample_grid
+    from .validation import check_int
 
-    if args.num_samples < 1:
-        raise PyroVAEError(f"-n must be a positive number of samples, got {args.num_samples}.")
+    check_int(args.num_samples, "-n (the number of samples)")
     print(sample_grid(args.run_dir, args.num_samples, args.out, mean=not args.draw, seed=args.seed))
 
 

@@ -2,19 +2,19 @@
 
 A config is a nested mapping. Sections with fixed keys (the top level, ``model``,
 ``optim``, ``train``, ``eval``) reject unknown keys with a suggestion; the values that
-name a part (``data``, ``objective``, ``beta_schedule`` and the model's ``prior``,
-``likelihood``, ``encoder``, ``decoder``, ``latent_network``) are specs, a name or
+name a part (``data``, ``objective``, ``beta_schedule``, ``eval.estimator`` and the model's
+``prior``, ``likelihood``, ``encoder``, ``decoder``, ``latent_network``) are specs, a name or
 ``{"name": ..., **options}``, checked against their registries when the run is built.
 """
 
 import copy
-import math
 import re
 
 import yaml
 
 from .errors import ConfigError
 from .registry import suggest
+from .validation import check_int, check_number, is_integer
 
 DEFAULTS = {
     "seed": 0,
@@ -33,11 +33,12 @@ DEFAULTS = {
     "beta_schedule": {"name": "constant", "beta": 1.0},
     "optim": {"lr": 3e-3, "lr_decay": 1.0, "lr_milestones": None, "clip_norm": None, "eps": 1e-8},
     "train": {"epochs": 40, "batch_size": 64, "validate_every": 1, "mixed_precision": None},
-    "eval": {"num_samples": 1000, "batch_size": 100},
+    "eval": {"estimator": "importance", "num_samples": 1000, "batch_size": 100},
 }
 
 SPEC_KEYS = {
     "data", "objective", "beta_schedule", "prior", "likelihood", "encoder", "decoder", "latent_network",
+    "estimator",
 }
 
 
@@ -129,58 +130,38 @@ def resolve(user_config=None, overrides=(), base=DEFAULTS):
     return config
 
 
-def _require(condition, message):
-    if not condition:
-        raise ConfigError(message)
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _check_milestones(milestones):
+    """``None``, or a non-empty increasing list of epochs >= 1."""
+    ok = milestones is None or (
+        isinstance(milestones, list) and milestones
+        and all(is_integer(m) and m >= 1 for m in milestones)
+        and all(a < b for a, b in zip(milestones, milestones[1:]))
+    )
+    if not ok:
+        raise ConfigError(
+            "optim.lr_milestones must be null (lr_decay every epoch) or an increasing list of epochs "
+            f">= 1 after which the learning rate is multiplied by lr_decay, got {milestones!r}."
+        )
 
 
 def check(config):
     """Validate the plain values of a resolved config (parts are checked by their registries)."""
-    _require(
-        _is_int(config["seed"]) and 0 <= config["seed"] < 2**32,
-        f"seed must be an integer in [0, 2**32 - 1], got {config['seed']!r}.",
-    )
-    _require(isinstance(config["device"], str), f"device must be a string, got {config['device']!r}.")
+    check_int(config["seed"], "seed", minimum=0, maximum=2**32 - 1)
+    if not isinstance(config["device"], str):
+        raise ConfigError(f"device must be a string, got {config['device']!r}.")
     optim, train, evaluation = config["optim"], config["train"], config["eval"]
-    _require(
-        _is_number(optim["lr"]) and 0 < optim["lr"] < math.inf,
-        f"optim.lr must be a finite number > 0, got {optim['lr']!r}.",
-    )
-    _require(
-        _is_number(optim["lr_decay"]) and 0 < optim["lr_decay"] <= 1,
-        f"optim.lr_decay (factor per epoch, or per milestone) must be in (0, 1], got {optim['lr_decay']!r}.",
-    )
-    milestones = optim["lr_milestones"]
-    _require(
-        milestones is None or (
-            isinstance(milestones, list) and milestones and all(_is_int(m) and m >= 1 for m in milestones)
-            and all(a < b for a, b in zip(milestones, milestones[1:]))
-        ),
-        "optim.lr_milestones must be null (lr_decay every epoch) or an increasing list of epochs "
-        f">= 1 after which the learning rate is multiplied by lr_decay, got {milestones!r}.",
-    )
-    _require(
-        optim["clip_norm"] is None or (_is_number(optim["clip_norm"]) and optim["clip_norm"] > 0),
-        f"optim.clip_norm must be null or > 0, got {optim['clip_norm']!r}.",
-    )
-    _require(
-        _is_number(optim["eps"]) and optim["eps"] > 0,
-        f"optim.eps (Adam's ε) must be > 0, got {optim['eps']!r}.",
-    )
-    _require(
-        train["mixed_precision"] in (None, "bf16"),
-        "train.mixed_precision must be null (full precision) or bf16 (the networks in bfloat16 "
-        f"under torch.autocast), got {train['mixed_precision']!r}. float16 needs loss scaling, "
-        "which the trainer does not do; bf16 has float32's range and needs none.",
-    )
+    check_number(optim["lr"], "optim.lr", greater_than=0)
+    check_number(optim["lr_decay"], "optim.lr_decay (factor per epoch, or per milestone)",
+                 greater_than=0, maximum=1)
+    _check_milestones(optim["lr_milestones"])
+    check_number(optim["clip_norm"], "optim.clip_norm", greater_than=0, finite=False, allow_none=True)
+    check_number(optim["eps"], "optim.eps (Adam's ε)", greater_than=0, finite=False)
+    if train["mixed_precision"] not in (None, "bf16"):
+        raise ConfigError(
+            "train.mixed_precision must be null (full precision) or bf16 (the networks in bfloat16 "
+            f"under torch.autocast), got {train['mixed_precision']!r}. float16 needs loss scaling, "
+            "which the trainer does not do; bf16 has float32's range and needs none."
+        )
     for section, key in [
         ("train", "epochs"),
         ("train", "batch_size"),
@@ -188,6 +169,5 @@ def check(config):
         ("eval", "num_samples"),
         ("eval", "batch_size"),
     ]:
-        value = {"train": train, "eval": evaluation}[section][key]
-        _require(_is_int(value) and value >= 1, f"{section}.{key} must be an integer >= 1, got {value!r}.")
+        check_int({"train": train, "eval": evaluation}[section][key], f"{section}.{key}")
     return config

@@ -17,47 +17,33 @@ else the variance of the posterior means).
 """
 
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent, Normal, kl_divergence
 
+from .traces import latent_sites, log_densities, per_point, trace_model_and_guide
+
 ACTIVE_UNIT_THRESHOLD = 0.01
-
-
-def _per_point(log_prob, num_points):
-    """A site's log-density summed to one value per data point (the data plate is dim 0)."""
-    return log_prob.reshape(num_points, -1).sum(-1) if log_prob.dim() else log_prob.expand(num_points)
 
 
 @torch.no_grad()
 def elbo_terms(vae, x):
     """Per-point tensors: ``recon`` (N,), ``kl`` {site: (N,)} and ``means`` {site: (N, d)}.
 
-    Works for any model/guide pair whose latent sites are drawn by the guide inside the
-    data plate; ``means`` holds the guide sites whose distribution has a mean.
+    Works for any model/guide pair with latent sites drawn by the guide, per point as
+    :mod:`pyro_vae.traces` defines it (the ``"data"`` plate, unscaled densities);
+    ``means`` holds the guide sites whose distribution has a mean.
     """
-    with poutine.block():
-        guide = poutine.trace(vae.guide).get_trace(x)
-        model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
     n = len(x)
-    kl, means, recon = {}, {}, torch.zeros(n, device=x.device)
-    for _, site in _sample_sites(model):
-        if site["is_observed"]:
-            recon = recon + _per_point(site["fn"].log_prob(site["value"]), n)
-    for name, q in _sample_sites(guide):  # latent sites in the guide's order (z1, z2, ...)
-        if name in model.nodes and not q["is_observed"]:
-            value, p = q["value"], model.nodes[name]["fn"]
-            kl[name] = _per_point(q["fn"].log_prob(value) - p.log_prob(value), n)
-            try:
-                means[name] = q["fn"].mean.reshape(n, -1)
-            except (NotImplementedError, RuntimeError):
-                pass
+    traces = trace_model_and_guide(vae.model, vae.guide, x)
+    observed, latent = log_densities(*traces, n)
+    recon = sum(observed.values(), torch.zeros(n, device=x.device))
+    kl = {name: lq - lp for name, (lp, lq) in latent.items()}  # guide order (z1, z2, ...)
+    means = {}
+    for name, (_, q) in latent_sites(*traces).items():
+        try:
+            means[name] = per_point(q["fn"].mean, q, n)
+        except (NotImplementedError, RuntimeError):
+            pass
     return {"recon": recon, "kl": kl, "means": means}
-
-
-def _sample_sites(trace):
-    return [(name, site) for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site)]
 
 
 @torch.no_grad()
@@ -109,9 +95,7 @@ def kl_per_dimension(vae, x, num_particles=8, batch_size=512):
     sums = {site: 0.0 for site in vae.sites}
     for xb in x.split(max(1, batch_size // num_particles)):
         xs = xb.repeat((num_particles,) + (1,) * (xb.dim() - 1))
-        with poutine.block():
-            guide = poutine.trace(vae.guide).get_trace(xs)
-            model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(xs)
+        model, guide = trace_model_and_guide(vae.model, vae.guide, xs)
         for site in vae.sites:
             if sums[site] is None:
                 continue
@@ -124,7 +108,8 @@ def kl_per_dimension(vae, x, num_particles=8, batch_size=512):
             else:
                 value = guide.nodes[site]["value"]
                 kl = q.log_prob(value) - p.log_prob(value)
-            sums[site] = sums[site] + kl.double().sum(0).cpu()
+            # summed over points and particles (and any other plate), one value per dimension
+            sums[site] = sums[site] + kl.double().flatten(0, -2).sum(0).cpu()
     count = len(x) * num_particles
     return {site: None if s is None else (s / count).numpy() for site, s in sums.items()}
 

@@ -47,6 +47,7 @@ from sklearn.ensemble import ExtraTreesClassifier
 from sklearn.metrics import mutual_info_score
 
 from .errors import DataError
+from .runs import load_run
 
 __all__ = [
     "dci",
@@ -227,11 +228,9 @@ def disentanglement_scores(codes, factors, factor_names=None, num_bins=20, seed=
 
 
 def score_run(run, split="test", max_points=10000, **options):
-    """:func:`disentanglement_scores` of a trained run (a :class:`~pyro_vae.train.Run` or a run
+    """:func:`disentanglement_scores` of a trained run (a :class:`~pyro_vae.runs.Run` or a run
     directory) on the codes of a split whose dataset has factors (e.g. ``sprites``)."""
     if not hasattr(run, "vae"):
-        from .train import load_run
-
         run, _ = load_run(run)
     factors = getattr(run.splits, f"{split}_factors", None)
     if factors is None:

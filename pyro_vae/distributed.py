@@ -16,7 +16,7 @@ size). The negative ELBO is wrapped as a module (:class:`ELBOLoss`) so that
 so DDP's mean of the per-rank gradients is the gradient of the global batch's summed
 loss, exactly as in one process. Only rank 0 writes the config, metrics, checkpoints and
 figures; ``--resume`` works as in one process. Evaluation (``pyro-vae evaluate``, also
-under torchrun) shares the test points out over ranks with :func:`sharded_log_likelihood`.
+under torchrun) shares the test points out over ranks with :func:`sharded_estimate`.
 """
 
 import math
@@ -30,11 +30,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, PyroVAEError
-from .marginal import ImportanceSamplingWarning, MarginalLikelihood, log_likelihood, warn_if_unreliable
-from .psis import khat_threshold
-
-PER_POINT = ("log_px", "stderr", "ess", "khat", "elbo")
+from .errors import ConfigError, EstimatorWarning
+from .validation import check_int
 
 
 @dataclass(frozen=True)
@@ -96,34 +93,33 @@ class ELBOLoss(nn.Module):
         return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x) * self.world_size
 
 
-def sharded_log_likelihood(model, guide, x, num_samples, batch_size, seed=0, ctx=None, progress=False):
-    """:func:`~pyro_vae.marginal.log_likelihood` of ``x`` in batches, shared out over ranks.
+def sharded_estimate(estimator, model, guide, x, batch_size, seed=0, ctx=None, progress=False):
+    """``estimator`` (see :mod:`pyro_vae.estimators`) on ``x`` in batches, shared out over ranks.
 
     Batch b (``batch_size`` points) is estimated by rank ``b mod world_size`` with the random
     state seeded from (``seed``, b), and the per-point results are gathered on every rank,
-    so they are the same whatever the number of processes (one included).
+    so they are the same whatever the number of processes (one included). Per-batch
+    warnings of the :class:`~pyro_vae.errors.EstimatorWarning` family are held back; the
+    estimator's ``warn`` speaks once for the whole result.
     """
     ctx = ctx or Distributed()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise PyroVAEError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = check_int(batch_size, "batch_size")
     num_batches = math.ceil(len(x) / batch_size)
     devices = [x.device] if x.device.type == "cuda" else []
     parts = {}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ImportanceSamplingWarning)  # one warning for all, below
-        for b in tqdm(range(ctx.rank, num_batches, ctx.world_size), disable=not progress, unit="batch"):
+        warnings.simplefilter("ignore", EstimatorWarning)  # one warning for all, below
+        batches = range(ctx.rank, num_batches, ctx.world_size)
+        for b in tqdm(batches, disable=not progress, unit="batch", desc="evaluate"):
             with torch.random.fork_rng(devices=devices):
                 pyro.set_rng_seed(seed * 1_000_003 + b)
-                result = log_likelihood(model, guide, x[b * batch_size:(b + 1) * batch_size],
-                                        num_samples=num_samples, batch_size=batch_size)
-            parts[b] = {name: getattr(result, name) for name in PER_POINT}
+                result = estimator.estimate(model, guide, x[b * batch_size:(b + 1) * batch_size])
+                parts[b] = result.per_point()
     if ctx.enabled:
         gathered = [None] * ctx.world_size
         dist.all_gather_object(gathered, parts)
         parts = {b: part for shard in gathered for b, part in shard.items()}
-    result = MarginalLikelihood(
-        **{name: torch.cat([parts[b][name] for b in range(num_batches)]) for name in PER_POINT},
-        num_samples=num_samples, khat_threshold=khat_threshold(num_samples),
-    )
-    warn_if_unreliable(result)
+    result = estimator.combine({name: torch.cat([parts[b][name] for b in range(num_batches)])
+                                for name in parts[0]})
+    estimator.warn(result)
     return result

@@ -7,8 +7,9 @@ fewer tensor operations and Python calls per step:
 * :func:`diagonal_normal` ``(loc, logvar)``: :math:`\mathcal N(\mu, \operatorname{diag} e^{\log\sigma^2})`
   as ``Independent(LogVarNormal, 1)``, exactly ``Normal(loc, exp(logvar / 2)).to_event(1)``
   for sampling and densities, keeping :math:`\log\sigma^2` for the KL;
-* :class:`UnitNormal`: the standard normal of the ``standard-normal`` prior, with the
-  closed-form KL to a :class:`LogVarNormal` written as one expression,
+* ``_UnitNormal(batch_shape)``: the standard normal of the ``standard-normal`` prior
+  (private; it takes no loc or scale), with the closed-form KL to a :class:`LogVarNormal`
+  written as one expression,
   :math:`\mathrm{KL}(q\,\|\,\mathcal N(0, 1)) = \tfrac12(e^{\log\sigma^2} + \mu^2 - 1 - \log\sigma^2)`
   per coordinate (torch's Normal–Normal KL goes through ratios and a logarithm of them);
 * :class:`IndependentBernoulli` ``(logits, event_dim)``: ``Bernoulli(logits=logits).to_event(event_dim)``
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions import register_kl
 
-__all__ = ["IndependentBernoulli", "LogVarNormal", "UnitNormal", "diagonal_normal"]
+__all__ = ["IndependentBernoulli", "LogVarNormal", "diagonal_normal"]
 
 
 class _KeepsShape:
@@ -53,8 +54,17 @@ class LogVarNormal(dist.Normal):
         return super().expand(batch_shape, new)
 
 
-class UnitNormal(_KeepsShape, dist.Normal):
-    """``Normal(loc, scale)`` known to be N(0, 1) elementwise (built by the standard-normal prior)."""
+class _UnitNormal(dist.Normal):
+    """N(0, 1) elementwise over ``batch_shape``; it takes no loc or scale, so it is never other."""
+
+    def __init__(self, batch_shape=(), device=None, dtype=None, validate_args=None):
+        loc = torch.zeros(batch_shape, device=device, dtype=dtype)
+        super().__init__(loc, torch.ones_like(loc), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        if _instance is None and torch.Size(batch_shape) == self.batch_shape:
+            return self
+        return super().expand(batch_shape, self._get_checked_instance(_UnitNormal, _instance))
 
 
 class _DiagonalNormal(_KeepsShape, dist.Independent):
@@ -66,7 +76,7 @@ def diagonal_normal(loc, logvar):
     return _DiagonalNormal(LogVarNormal(loc, logvar), 1)
 
 
-@register_kl(LogVarNormal, UnitNormal)
+@register_kl(LogVarNormal, _UnitNormal)
 def _kl_logvar_normal_unit_normal(q, p):
     kl = 0.5 * (q.logvar.exp() + q.loc.pow(2) - 1.0 - q.logvar)
     if p.batch_shape != q.batch_shape:

@@ -1,7 +1,8 @@
 """Exceptions that carry a message meant for the user.
 
 The command line turns :class:`PyroVAEError` into a one-paragraph message on stderr and
-exit status 2; Python callers can catch it (it subclasses :class:`ValueError`).
+exit status 2; Python callers can catch it (it subclasses :class:`ValueError`). Every
+exception and warning class of the library is defined here.
 """
 
 
@@ -15,3 +16,23 @@ class ConfigError(PyroVAEError):
 
 class DataError(PyroVAEError):
     """Data that is missing, malformed or outside a likelihood's support."""
+
+
+class RunError(PyroVAEError):
+    """A run directory that does not exist, holds no run, or cannot be written."""
+
+
+class CheckpointError(RunError):
+    """A checkpoint file that cannot be read, or that does not fit the run's model."""
+
+
+class TrainingDiverged(PyroVAEError):
+    """The training loss became NaN or infinite."""
+
+
+class EstimatorWarning(UserWarning):
+    """An estimate of log p(x) that its own diagnostics do not endorse."""
+
+
+class ImportanceSamplingWarning(EstimatorWarning):
+    """Pareto :math:`\\hat k` says the importance-sampling estimate is unreliable."""

@@ -45,6 +45,7 @@ from pyro.distributions import TorchDistribution, constraints
 from .distributions import IndependentBernoulli
 from .errors import ConfigError, DataError
 from .registry import Registry
+from .validation import check_int, check_number
 
 LIKELIHOODS = Registry("likelihood")
 
@@ -145,10 +146,10 @@ class WithDispersion(Likelihood):
             self.param_shape = (2, *self.data_shape)
         elif self.learned:
             self.raw_theta = nn.Parameter(torch.zeros(()))
-        elif isinstance(theta, (int, float)) and not isinstance(theta, bool) and 0 < theta < math.inf:
-            self.register_buffer("theta", torch.tensor(float(theta)))
+        elif isinstance(theta, str):
+            raise ConfigError(f"{what} must be a finite number > 0, 'learned' or 'predicted', got {theta!r}.")
         else:
-            raise ConfigError(f"{what} must be a positive number, 'learned' or 'predicted', got {theta!r}.")
+            self.register_buffer("theta", torch.tensor(check_number(theta, what, greater_than=0)))
 
     def _split(self, params):
         """The decoder's main parameter and θ."""
@@ -338,9 +339,7 @@ class GridLikelihood(Likelihood):
 
     def __init__(self, data_shape, levels=256):
         super().__init__(data_shape)
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-            raise ConfigError(f"levels must be an integer >= 2, got {levels!r}.")
-        self.levels = levels
+        self.levels = check_int(levels, "levels", minimum=2)
 
     def _last(self, params):
         """Move the stacked parameter dim (just before the data dims) to the end."""
@@ -384,8 +383,7 @@ class DiscretizedLogistic(GridLikelihood):
 
     def __init__(self, data_shape, levels=256, num_mixtures=5):
         super().__init__(data_shape, levels)
-        if isinstance(num_mixtures, bool) or not isinstance(num_mixtures, int) or num_mixtures < 1:
-            raise ConfigError(f"num_mixtures must be a positive integer, got {num_mixtures!r}.")
+        num_mixtures = check_int(num_mixtures, "num_mixtures")
         self.param_shape = (3, num_mixtures, *self.data_shape)
 
     def forward(self, params):

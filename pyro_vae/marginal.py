@@ -10,7 +10,8 @@ For a data point :math:`x` and a proposal :math:`q(z \mid x)` (the guide),
 the importance-weighted bound of Burda et al. (2016), a consistent estimator of
 :math:`\log p(x)` that is a lower bound in expectation for every :math:`K`.
 
-Conventions (the estimator is generic over models written as ``model(x)`` / ``guide(x)``):
+Conventions (those of :mod:`pyro_vae.traces`; the estimator is generic over models written as
+``model(x)`` / ``guide(x)``):
 
 * The batch dimension is the ``pyro.plate("data", ...)``; each data point gets its own
   estimate. For every sample site the log-density is summed over all batch dims except the
@@ -40,20 +41,26 @@ point are kept for the Pareto :math:`\hat k` diagnostic (PSIS, Vehtari et al. 20
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.errors import DataError, PyroVAEError
+from pyro_vae.errors import DataError, ImportanceSamplingWarning, PyroVAEError
 from pyro_vae.psis import MIN_TAIL, kept_top, khat_from_top, khat_threshold, tail_length
+from pyro_vae.traces import (
+    DATA_PLATE,
+    data_frame,
+    latent_sites,
+    log_densities,
+    max_plate_nesting,
+    sample_sites,
+    trace_model_and_guide,
+)
+from pyro_vae.validation import check_int
 
 __all__ = [
     "ImportanceSamplingWarning",
@@ -62,16 +69,10 @@ __all__ = [
     "naive_log_likelihood",
 ]
 
-DATA_PLATE = "data"
-_PARTICLE_PLATE = "_pyro_vae_marginal_particles"
 # Per model call, at most this many float elements of data x particles (about 16 MB of
 # float32 for a tensor the size of the data); the (particle, point) pairs are clamped below.
 _ELEMENT_BUDGET = 2**22
 _MIN_PAIRS, _MAX_PAIRS = 256, 2**16
-
-
-class ImportanceSamplingWarning(UserWarning):
-    """Pareto :math:`\\hat k` says the importance-sampling estimate is unreliable."""
 
 
 # --------------------------------------------------------------------------------------
@@ -111,9 +112,22 @@ class MarginalLikelihood:
     num_samples: int
     khat_threshold: float
 
+    PER_POINT = ("log_px", "stderr", "ess", "khat", "elbo")
+    """The per-point fields, as :meth:`per_point` returns them."""
+
     @property
     def num_points(self) -> int:
         return int(self.log_px.shape[0])
+
+    def per_point(self) -> dict[str, torch.Tensor]:
+        """The per-point tensors by name (:data:`PER_POINT`), as ``pyro-vae evaluate`` saves them."""
+        return {name: getattr(self, name) for name in self.PER_POINT}
+
+    @classmethod
+    def from_per_point(cls, per_point: dict[str, torch.Tensor], num_samples: int) -> MarginalLikelihood:
+        """The result whose :meth:`per_point` is ``per_point`` (e.g. batches concatenated)."""
+        fields = {name: per_point[name] for name in cls.PER_POINT}
+        return cls(**fields, num_samples=num_samples, khat_threshold=khat_threshold(num_samples))
 
     @property
     def inference_gap(self) -> torch.Tensor:
@@ -250,89 +264,29 @@ class _StreamingWeights:
 # --------------------------------------------------------------------------------------
 
 
-def _data_frame(site: dict) -> Any:
-    for frame in site["cond_indep_stack"]:
-        if frame.name == DATA_PLATE:
-            return frame
-    return None
-
-
-def _sample_sites(trace: Any) -> dict[str, dict]:
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site)
-    }
-
-
-def _run(model: Callable, guide: Callable | None, x: torch.Tensor) -> tuple[Any, Any]:
-    """Trace the guide, then the model replayed on it (or the model alone)."""
-    guide_trace = None
-    if guide is not None:
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    else:
-        model_trace = poutine.trace(model).get_trace(x)
-    return model_trace, guide_trace
-
-
 def _inspect(model: Callable, guide: Callable | None, x: torch.Tensor) -> int:
     """Trace once without particles: return max_plate_nesting and check the plate layout."""
-    with poutine.block():
-        model_trace, guide_trace = _run(model, guide, x)
-    model_sites = _sample_sites(model_trace)
-    guide_sites = _sample_sites(guide_trace) if guide_trace is not None else {}
-    sites = list(model_sites.values()) + list(guide_sites.values())
-    dims = [f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
-    if not any(_data_frame(s) is not None for s in model_sites.values()):
+    model_trace, guide_trace = trace_model_and_guide(model, guide, x)
+    if not any(data_frame(s) is not None for s in sample_sites(model_trace).values()):
         raise PyroVAEError(
             f"the model has no sample site inside a pyro.plate named {DATA_PLATE!r}; "
             "log_likelihood needs the batch dimension of x declared as "
             f"`with pyro.plate({DATA_PLATE!r}, x.shape[0]): ...`"
         )
-    for name, gsite in guide_sites.items():
-        msite = model_sites.get(name)
-        if msite is None or msite["is_observed"] or gsite["is_observed"]:
-            continue
-        if (_data_frame(msite) is None) != (_data_frame(gsite) is None):
-            where = "model" if _data_frame(msite) is not None else "guide"
+    for name, (msite, gsite) in latent_sites(model_trace, guide_trace).items():
+        if (data_frame(msite) is None) != (data_frame(gsite) is None):
+            where = "model" if data_frame(msite) is not None else "guide"
             raise PyroVAEError(
                 f"latent site {name!r} is inside the {DATA_PLATE!r} plate only in the {where}; "
                 "declare it inside the plate in both model and guide so that its density "
                 "can be attributed to individual data points"
             )
-    return -min(dims) if dims else 0
+    return max_plate_nesting(model_trace, guide_trace)
 
 
 def _accumulation_device(device: torch.device) -> torch.device:
     """Where float64 sums live: the data's device, except MPS (no float64 there)."""
     return torch.device("cpu") if device.type == "mps" else device
-
-
-def _per_point(lp: torch.Tensor, site: dict, nesting: int, batch: int, num: int) -> torch.Tensor:
-    """Reduce a site's log-density to shape (num, batch): keep particle and data dims."""
-    ndim = nesting + 1
-    if lp.dim() > ndim:
-        raise PyroVAEError(
-            f"site {site['name']!r} has log_prob shape {tuple(lp.shape)} with more batch "
-            f"dimensions than its plates account for (max_plate_nesting={nesting}); "
-            "declare the extra dimensions as event dimensions with .to_event(...)"
-        )
-    lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape))
-    lp = lp.to(device=_accumulation_device(lp.device), dtype=torch.float64)
-    frame = _data_frame(site)
-    keep = [0] if frame is None else [0, ndim + frame.dim]
-    other = [d for d in range(ndim) if d not in keep]
-    if other:
-        lp = lp.sum(dim=other, keepdim=True)
-    lp = lp.reshape(lp.shape[0], -1)  # (S or 1, B or 1)
-    if lp.shape[1] not in (1, batch) or lp.shape[0] not in (1, num):
-        raise PyroVAEError(
-            f"site {site['name']!r}: per-point log-density has shape {tuple(lp.shape)}, "
-            f"expected ({num}, {batch}) for {num} samples of {batch} data points; the "
-            f"{DATA_PLATE!r} plate must have size x.shape[0] and no subsampling"
-        )
-    return lp.expand(num, batch)
 
 
 def _log_weights(
@@ -350,23 +304,11 @@ def _log_weights(
     tensor, for :func:`_check_pending` to read once for many chunks.
     """
     batch = x.shape[0]
-    with poutine.block(), pyro.plate(_PARTICLE_PLATE, num, dim=-(nesting + 1)):
-        model_trace, guide_trace = _run(model, guide, x)
-    guide_sites = _sample_sites(guide_trace) if guide_trace is not None else {}
-    total = torch.zeros(num, batch, dtype=torch.float64, device=_accumulation_device(x.device))
-    terms: list[tuple[str, torch.Tensor]] = []
-    for name, site in _sample_sites(model_trace).items():
-        gsite = None
-        if not site["is_observed"]:
-            gsite = guide_sites.get(name)
-            if gsite is None or gsite["is_observed"]:
-                continue  # drawn from its prior: p/q = 1
-        term = _per_point(site["fn"].log_prob(site["value"]), site, nesting, batch, num)
-        if gsite is not None:
-            lq = gsite["fn"].log_prob(gsite["value"])
-            term = term - _per_point(lq, gsite, nesting, batch, num)
-        terms.append((name, term))
-        total = total + term
+    acc_device = _accumulation_device(x.device)
+    traces = trace_model_and_guide(model, guide, x, num_particles=num, max_plate_nesting=nesting)
+    observed, latent = log_densities(*traces, batch, num, dtype=torch.float64, device=acc_device)
+    terms = [(name, lp - lq) for name, (lp, lq) in latent.items()] + list(observed.items())
+    total = sum((t for _, t in terms), torch.zeros(num, batch, dtype=torch.float64, device=acc_device))
     if pending is not None:
         flags = torch.stack([_any_bad(total), *(_any_bad(t) for _, t in terms)])
         pending.append(([n for n, _ in terms], flags))
@@ -408,14 +350,6 @@ def _defer_checks(device: torch.device) -> bool:
 # --------------------------------------------------------------------------------------
 # Public estimators
 # --------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: Any, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise PyroVAEError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_x(x: Any) -> torch.Tensor:
@@ -465,9 +399,9 @@ def _estimate(
 ) -> MarginalLikelihood:
     if not callable(model) or (guide is not None and not callable(guide)):
         raise PyroVAEError("model and guide must be callables taking the data batch x")
-    num_samples = _check_int("num_samples", num_samples)
-    chunk_size = _check_int("chunk_size", chunk_size, allow_none=True)
-    batch_size = _check_int("batch_size", batch_size, allow_none=True)
+    num_samples = check_int(num_samples, "num_samples")
+    chunk_size = check_int(chunk_size, "chunk_size", allow_none=True)
+    batch_size = check_int(batch_size, "batch_size", allow_none=True)
     x = _check_x(x)
     batch_size, chunk_size = _sizes(x, num_samples, chunk_size, batch_size)
     acc_device = _accumulation_device(x.device)

@@ -25,7 +25,6 @@ latent terms but still draws z with the reparameterisation.
 """
 
 import contextlib
-import math
 
 import pyro
 import torch
@@ -38,7 +37,7 @@ from .errors import ConfigError, DataError
 from .likelihoods import build_likelihood
 from .networks import build_network
 from .priors import build_prior
-from .registry import suggest
+from .validation import check_choice, check_ints, check_number
 
 LOGVAR_BOUND = 30.0
 """``|log σ²|`` of Gaussian latents is clamped to this bound, so exp() cannot overflow."""
@@ -57,28 +56,13 @@ def latent_scale(beta):
 
 def check_beta(beta):
     """``beta`` as a float, rejecting negative, infinite or non-numeric values."""
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta):
-        raise ConfigError(f"beta must be a finite number, got {beta!r}.")
-    if beta < 0:
-        raise ConfigError(f"beta must be >= 0, got {beta}.")
-    return float(beta)
+    return check_number(beta, "beta", minimum=0)
 
 
 def gaussian_params(output):
     """Split a network output ``(*batch, 2, d)`` into mean and bounded log-variance."""
     loc, logvar = output.unbind(-2)
     return loc, logvar.clamp(-LOGVAR_BOUND, LOGVAR_BOUND)
-
-
-def _shape(value, what):
-    message = f"{what} must be a positive int or a sequence of them, got {value!r}."
-    try:
-        shape = (value,) if isinstance(value, int) else tuple(value)
-    except TypeError:
-        raise ConfigError(message) from None
-    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise ConfigError(message)
-    return shape
 
 
 class VAE(nn.Module):
@@ -126,11 +110,9 @@ class VAE(nn.Module):
         name="vae",
     ):
         super().__init__()
-        self.data_shape = _shape(data_shape, "data_shape")
-        self.latent_dims = _shape(latent_dim, "latent_dim")
-        if inference not in INFERENCE:
-            raise ConfigError(f"Unknown inference '{inference}'.{suggest(inference, INFERENCE)} "
-                              f"Choose one of {', '.join(INFERENCE)}.")
+        self.data_shape = check_ints(data_shape, "data_shape")
+        self.latent_dims = check_ints(latent_dim, "latent_dim")
+        check_choice(inference, "inference", INFERENCE)
         if not isinstance(name, str) or not name:
             raise ConfigError(f"name (the param-store prefix) must be a non-empty string, got {name!r}.")
         self.inference = inference

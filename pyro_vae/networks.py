@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from .errors import ConfigError
 from .registry import Registry, suggest
+from .validation import check_int, check_ints
 
 NETWORKS = Registry("network")
 
@@ -84,10 +85,7 @@ class MLP(Network):
 @NETWORKS.register("conv")
 def conv(in_shape, out_shape, channels=None, hidden=256, activation="relu"):
     """A :class:`ConvEncoder` for image inputs, a :class:`ConvDecoder` for image outputs."""
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise ConfigError(
-            f"Option 'hidden' of 'conv' (one dense layer) must be a positive integer, got {hidden!r}."
-        )
+    hidden = check_int(hidden, "Option 'hidden' of 'conv' (one dense layer)")
     if len(in_shape) == 3:
         return ConvEncoder(in_shape, out_shape, channels, hidden, activation)
     if len(in_shape) == 1 and len(out_shape) >= 3:
@@ -159,12 +157,7 @@ class ConvDecoder(Network):
 
 
 def _check_widths(hidden):
-    widths = [hidden] if isinstance(hidden, int) else hidden
-    if not isinstance(widths, (list, tuple)) or not all(
-        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths
-    ):
-        raise ConfigError(f"Hidden widths must be positive integers, got {hidden!r}.")
-    return list(widths)
+    return list(check_ints(hidden, "Hidden widths", allow_empty=True))
 
 
 def build_network(spec, in_shape, out_shape):

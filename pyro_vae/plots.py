@@ -1,5 +1,8 @@
-"""Matplotlib figures of a VAE and of a run. Every ``plot_*`` function returns a ``Figure``;
-nothing opens a window (the Agg backend is selected on import).
+"""Matplotlib figures of a VAE and of a run's records: pure functions (module, tensors,
+records -> ``matplotlib.figure.Figure``). They build figures without pyplot, so nothing
+opens a window, no global figure state is kept and the user's backend is never changed; a
+notebook shows the returned figure as usual. :mod:`pyro_vae.figures` writes the figures
+of a run directory.
 
 Figures of a model (``vae``, data ``x`` of shape ``(N, *data_shape)``):
 
@@ -13,27 +16,24 @@ Figures of a model (``vae``, data ``x`` of shape ``(N, *data_shape)``):
 * :func:`plot_kl_per_dimension`: average KL(q ‖ p) per latent dimension, one panel per layer;
 * :func:`plot_reconstructions_and_samples`: inputs, reconstructions and samples in three rows.
 
-Figures of a run: :func:`plot_training_curves` (``metrics.jsonl``) and
-:func:`plot_marginal_diagnostics` / :func:`plot_estimate_vs_samples` (importance sampling).
-:func:`plot_run` writes them all into ``RUN_DIR/figures`` (``pyro-vae plot``).
+Figures of a run's records: :func:`plot_training_curves` (the records of ``metrics.jsonl``)
+and :func:`plot_marginal_diagnostics` / :func:`plot_estimate_vs_samples` (importance sampling).
 
 Data of image shape (``(H, W)``, ``(1|3, H, W)`` or a flat square vector of at least 8×8,
 see :func:`as_images`) are drawn as images; other data as line plots of each vector.
 """
 
-import json
 import math
-from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from .diagnostics import ACTIVE_UNIT_THRESHOLD, dimension_scores, posterior_means  # noqa: E402
+from .atomic import atomic_write
+from .diagnostics import ACTIVE_UNIT_THRESHOLD, dimension_scores, posterior_means
 
 DPI = 120
 MAX_FIGURE_INCHES = 16.0
@@ -41,12 +41,16 @@ MAX_FIGURE_INCHES = 16.0
 
 
 def save_figure(figure, path):
-    """Save ``figure`` as PNG (creating folders) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(figure)
+    """Save ``figure`` as a PNG file (atomically, creating folders); returns the path."""
+    with atomic_write(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     return path
+
+
+def _subplots(nrows=1, ncols=1, figsize=None, **options):
+    """``(figure, axes)`` as ``pyplot.subplots`` gives them, without pyplot."""
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(nrows, ncols, **options)
 
 
 def as_images(x, data_shape):
@@ -124,7 +128,7 @@ def _grid_figure(images, nrows, ncols, cell_inches=None, extra=(0.0, 0.0)):
         cell_inches = float(np.clip(max(h, w) / 28, 0.55, 1.1))
     width, height = MAX_FIGURE_INCHES - extra[0], MAX_FIGURE_INCHES - extra[1]
     cell_inches = min(cell_inches, width / ncols, height / nrows)
-    figure = plt.figure(figsize=(ncols * cell_inches + extra[0], nrows * cell_inches * h / w + extra[1]))
+    figure = Figure(figsize=(ncols * cell_inches + extra[0], nrows * cell_inches * h / w + extra[1]))
     ax = figure.add_axes((0, 0, 1, 1)) if extra == (0.0, 0.0) else figure.add_subplot()
     finite = images[np.isfinite(images)]
     vmin, vmax = _value_range(finite) if finite.size else (0.0, 1.0)
@@ -181,7 +185,7 @@ def plot_reconstructions_and_samples(vae, x, num_samples=None):
         ("reconstruction", vae.reconstruct(x)),
         ("sample", vae.sample(num_samples)),
     ]
-    figure, axes = plt.subplots(3, max(n, num_samples), figsize=(1.1 * max(n, num_samples), 3.6),
+    figure, axes = _subplots(3, max(n, num_samples), figsize=(1.1 * max(n, num_samples), 3.6),
                                 squeeze=False)
     for row, (label, values) in enumerate(rows):
         values = values.detach().float().cpu()
@@ -196,7 +200,7 @@ def plot_reconstructions_and_samples(vae, x, num_samples=None):
 def _vector_grid(n, ncols, width=2.2, height=1.5):
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    figure, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.5),
+    figure, axes = _subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.5),
                                 squeeze=False, sharex=True, sharey=True)
     for ax in axes.flat[n:]:
         ax.axis("off")
@@ -249,7 +253,7 @@ def plot_samples(vae, num_samples=64, ncols=None, mean=True):
     images = as_images(samples, vae.data_shape)
     if images is None:
         flat = samples.reshape(num_samples, -1).numpy()
-        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+        figure, (left, right) = _subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
         shown = min(num_samples, 20)
         for i in range(shown):
             left.plot(flat[i], lw=0.9, alpha=0.8)
@@ -316,7 +320,7 @@ def plot_traversals(vae, x, index=0, steps=9, span=3.0, max_dims=None, scores=No
     layer = "top-layer " if len(vae.sites) > 1 else ""
     title = f"Traversals of the {layer}latent dimensions (sorted by {label.split(' [')[0]})"
     if images is None:
-        cmap = plt.get_cmap("viridis")
+        cmap = matplotlib.colormaps["viridis"]
         flat = decoded.reshape(len(order), steps, -1).numpy()
         figure, axes = _vector_grid(len(order), 4, width=2.8, height=1.8)
         for row, ax in enumerate(axes):
@@ -324,7 +328,7 @@ def plot_traversals(vae, x, index=0, steps=9, span=3.0, max_dims=None, scores=No
                 ax.plot(flat[row, s], color=cmap(s / max(steps - 1, 1)), lw=1.0)
             ax.set_title(row_labels[row], fontsize=8)
             ax.tick_params(labelsize=7)
-        colours = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(-span, span))
+        colours = ScalarMappable(cmap=cmap, norm=Normalize(-span, span))
         figure.suptitle(title, fontsize=10)
         figure.tight_layout()
         unit = "z_d" if _is_standard_normal(vae) else "z_d (s.d. of the aggregate posterior)"
@@ -364,7 +368,7 @@ def plot_latent_space(vae, x, labels=None, class_names=None, max_points=2000):
         labels = labels[: len(x)]
         labels = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels).astype(np.int64)
     d = codes.shape[1]
-    figure, ax = plt.subplots(figsize=(5.8, 4.8))
+    figure, ax = _subplots(figsize=(5.8, 4.8))
     site = vae.sites[-1]
     if d == 1:
         if labels is None:
@@ -389,8 +393,8 @@ def plot_latent_space(vae, x, labels=None, class_names=None, max_points=2000):
             if len(classes) <= 10:
                 for k in classes:
                     name = class_names[k] if class_names is not None and 0 <= k < len(class_names) else str(k)
-                    ax.scatter(*xy[labels == k].T, s=6, alpha=0.7, color=plt.get_cmap("tab10")(int(k) % 10),
-                               label=name)
+                    colour = matplotlib.colormaps["tab10"](int(k) % 10)
+                    ax.scatter(*xy[labels == k].T, s=6, alpha=0.7, color=colour, label=name)
                 ax.legend(fontsize=7, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5),
                           title="label", title_fontsize=8)
             else:
@@ -414,7 +418,7 @@ def plot_kl_per_dimension(vae, x, scores=None):
     scores = scores if scores is not None else dimension_scores(vae, x)
     sites = list(vae.sites)
     widths = [max(2.0, 0.35 * len(scores[s][0]) + 1.2) for s in sites]
-    figure, axes = plt.subplots(1, len(sites), figsize=(sum(widths), 3.2), squeeze=False,
+    figure, axes = _subplots(1, len(sites), figsize=(sum(widths), 3.2), squeeze=False,
                                 gridspec_kw={"width_ratios": widths})
     for ax, site in zip(axes[0], sites):
         values, label = scores[site]
@@ -438,12 +442,6 @@ def plot_kl_per_dimension(vae, x, scores=None):
 
 # --------------------------------------------------------------------------------------
 # Figures of a run
-
-
-def read_metrics(path):
-    """The records of a ``metrics.jsonl`` file (one JSON object per line) as a list of dicts."""
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def _series(records, key):
@@ -476,13 +474,14 @@ def _lines(records, key, name):
     return lines + [(k, *map(np.asarray, s)) for k, s in _dict_series(records, key).items()]
 
 
-def plot_training_curves(metrics):
+def plot_training_curves(records):
     """ELBO, reconstruction, KL, active units and β against the epoch.
 
-    ``metrics``: a path to ``metrics.jsonl`` or its records. Panels whose metrics were not
-    recorded (``val_recon``, ``val_kl``, ``active_units``) are left out.
+    ``records``: the per-epoch records of ``metrics.jsonl``
+    (:meth:`~pyro_vae.rundir.RunDir.read_metrics`). Panels whose metrics were not recorded
+    (``val_recon``, ``val_kl``, ``active_units``) are left out.
     """
-    records = read_metrics(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
+    records = list(records)
     panels = []
     epochs, loss = _series(records, "train_loss")
     val_epochs, val_elbo = _series(records, "val_elbo")
@@ -498,7 +497,7 @@ def plot_training_curves(metrics):
     panels.append(("β", beta or [("β", np.array([]), np.array([]))]))
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
-    figure, grid = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows + 0.3), squeeze=False)
+    figure, grid = _subplots(nrows, ncols, figsize=(3.6 * ncols, 2.9 * nrows + 0.3), squeeze=False)
     for ax in grid.flat[len(panels):]:
         figure.delaxes(ax)
     axes = grid.flat[: len(panels)]
@@ -530,7 +529,7 @@ def plot_training_curves(metrics):
 
 def plot_marginal_diagnostics(result):
     """Histograms of per-point log p̂(x), Pareto k̂ (with its threshold) and ESS / K."""
-    figure, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    figure, axes = _subplots(1, 3, figsize=(11, 3.2))
     log_px = result.log_px.cpu().numpy()
     khat = result.khat.cpu().numpy()
     ess = result.ess.cpu().numpy() / result.num_samples
@@ -551,7 +550,7 @@ def plot_marginal_diagnostics(result):
 
 def plot_estimate_vs_samples(num_samples, means, stderrs, elbo=None):
     """Mean log p̂(x) over the data against K (log axis), with ±2 standard errors."""
-    figure, ax = plt.subplots(figsize=(4.5, 3.2))
+    figure, ax = _subplots(figsize=(4.5, 3.2))
     means, stderrs = np.asarray(means), np.asarray(stderrs)
     ax.errorbar(num_samples, means, yerr=2 * stderrs, marker="o", capsize=3, label="log p̂(x)")
     if elbo is not None:
@@ -564,118 +563,17 @@ def plot_estimate_vs_samples(num_samples, means, stderrs, elbo=None):
     return figure
 
 
-def load_eval_points(run_dir):
-    """The per-point results ``pyro-vae evaluate`` saved (``eval_points.pt`` and ``eval.json``)
-    as a :class:`~pyro_vae.marginal.MarginalLikelihood`, or ``None`` if the run was not evaluated."""
-    from .marginal import MarginalLikelihood
-    from .psis import khat_threshold
-
-    run_dir = Path(run_dir)
-    points, summary = run_dir / "eval_points.pt", run_dir / "eval.json"
-    if not points.is_file() or not summary.is_file():
-        return None
-    tensors = torch.load(points, map_location="cpu", weights_only=True)
-    num_samples = int(json.loads(summary.read_text())["num_samples"])
-    fields = {k: tensors[k] for k in ("log_px", "stderr", "ess", "khat", "elbo")}
-    return MarginalLikelihood(**fields, num_samples=num_samples, khat_threshold=khat_threshold(num_samples))
-
-
-def _view(run):
-    """The evaluation data of a run (validation split, else test, else train) and its labels."""
-    for split in ("val", "test"):
-        x = getattr(run, split)
-        if len(x):
-            return x, getattr(run.splits, f"{split}_labels")
-    return run.splits.train[:2000], run.splits.train_labels
-
-
-def _all_held_out(run):
-    """Validation and test data with their labels (None unless both splits have them), for scatter plots."""
-    x = torch.cat([run.val, run.test])
-    if not len(x):
-        return run.splits.train[:2000], run.splits.train_labels
-    labels = [run.splits.val_labels, run.splits.test_labels]
-    return x, None if any(y is None for y in labels) else torch.cat(labels)
-
-
-def _rng_devices(device):
-    """The CUDA devices whose RNG state ``fork_rng`` must save and restore."""
-    return [device.index or 0] if device.type == "cuda" else []
-
-
-FIGURES = ("reconstructions", "samples", "traversals", "latent_space", "kl_per_dimension",
-           "training_curves", "diagnostics")
-"""The figures :func:`plot_run` writes, as ``<name>.png``."""
-
-
-def plot_run(run_dir, out_dir=None, num_examples=16, num_samples=64, seed=0):
-    """Write every figure of the run in ``run_dir`` into ``out_dir`` (default ``run_dir/figures``).
-
-    Uses the newest checkpoint and the validation split (the fixed binarised view). The
-    importance-sampling diagnostics need ``pyro-vae evaluate`` first and are skipped
-    otherwise. Random draws use ``seed`` without touching the global RNG state. Returns
-    ``{name: path}`` of the files written (see :data:`FIGURES`).
-    """
-    from .train import load_run
-
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
-    run, _ = load_run(run_dir)
-    vae = run.vae.eval()
-    x, labels = _view(run)
-    written = {}
-    with torch.random.fork_rng(devices=_rng_devices(run.device)), torch.no_grad():
-        torch.manual_seed(seed)
-        scores = dimension_scores(vae, x)
-        held_out = _all_held_out(run)
-        figures = {
-            "reconstructions": lambda: plot_reconstructions(vae, x[:num_examples]),
-            "samples": lambda: plot_samples(vae, num_samples),
-            "traversals": lambda: plot_traversals(vae, x, scores=scores[vae.sites[-1]]),
-            "latent_space": lambda: plot_latent_space(vae, *held_out, run.splits.info.get("class_names")),
-            "kl_per_dimension": lambda: plot_kl_per_dimension(vae, x, scores),
-        }
-        for name, make in figures.items():
-            written[name] = save_figure(make(), out_dir / f"{name}.png")
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file() and read_metrics(metrics):
-        figure = plot_training_curves(metrics)
-        written["training_curves"] = save_figure(figure, out_dir / "training_curves.png")
-    result = load_eval_points(run_dir)
-    if result is not None:
-        written["diagnostics"] = save_figure(plot_marginal_diagnostics(result), out_dir / "diagnostics.png")
-    return written
-
-
-def sample_grid(run_dir, num_samples=64, out=None, mean=True, seed=0):
-    """Write a grid of ``num_samples`` samples of the run's model (default
-    ``run_dir/figures/samples-<num_samples>.png``); returns the path."""
-    from .train import load_run
-
-    run_dir = Path(run_dir)
-    run, _ = load_run(run_dir)
-    with torch.random.fork_rng(devices=_rng_devices(run.device)):
-        torch.manual_seed(seed)
-        figure = plot_samples(run.vae.eval(), num_samples, mean=mean)
-    return save_figure(figure, out or run_dir / "figures" / f"samples-{num_samples}.png")
-
-
 __all__ = [
-    "FIGURES",
     "as_images",
-    "load_eval_points",
     "plot_estimate_vs_samples",
     "plot_kl_per_dimension",
     "plot_latent_space",
     "plot_marginal_diagnostics",
     "plot_reconstructions",
     "plot_reconstructions_and_samples",
-    "plot_run",
     "plot_samples",
     "plot_training_curves",
     "plot_traversals",
-    "read_metrics",
-    "sample_grid",
     "save_figure",
     "traversal_values",
 ]

@@ -28,31 +28,18 @@ log p(z) − log q(z|x) at the sampled z, as ``Trace_ELBO`` does. :func:`analyti
 tells which case applies.
 """
 
-import math
-
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 import torch.nn as nn
 from torch.distributions import kl_divergence
 
-from .distributions import UnitNormal
+from .distributions import _UnitNormal
 from .errors import ConfigError, PyroVAEError
 from .registry import Registry
+from .validation import check_int, check_number
 
 PRIORS = Registry("prior")
-
-
-def _positive_number(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ConfigError(f"{what} must be a positive number, got {value!r}.")
-    return float(value)
-
-
-def _positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}.")
-    return value
 
 
 class FixedPrior(nn.Module):
@@ -62,10 +49,9 @@ class FixedPrior(nn.Module):
 
     def __init__(self, latent_dim, loc=0.0, scale=1.0):
         super().__init__()
-        if isinstance(loc, bool) or not isinstance(loc, (int, float)) or not math.isfinite(loc):
-            raise ConfigError(f"Prior loc must be a finite number, got {loc!r}.")
-        self.register_buffer("loc", torch.full((latent_dim,), float(loc)))
-        self.register_buffer("scale", torch.full((latent_dim,), _positive_number(scale, "Prior scale")))
+        self.register_buffer("loc", torch.full((latent_dim,), check_number(loc, "Prior loc")))
+        scale = check_number(scale, "Prior scale", greater_than=0)
+        self.register_buffer("scale", torch.full((latent_dim,), scale))
 
     def forward(self):
         return self.family(self.loc, self.scale).to_event(1)
@@ -76,10 +62,12 @@ class StandardNormal(FixedPrior):
     """p(z) = N(0, I). Allows the analytic KL of ``elbo-analytic``."""
 
     analytic_kl = True
-    family = UnitNormal
 
     def __init__(self, latent_dim):
         super().__init__(latent_dim)
+
+    def forward(self):
+        return _UnitNormal(self.loc.shape, self.loc.device, self.loc.dtype).to_event(1)
 
 
 @PRIORS.register("laplace")
@@ -98,7 +86,7 @@ class StudentT(FixedPrior):
 
     def __init__(self, latent_dim, df=3.0, loc=0.0, scale=1.0):
         super().__init__(latent_dim, loc, scale)
-        self.register_buffer("df", torch.tensor(_positive_number(df, "Student-t df")))
+        self.register_buffer("df", torch.tensor(check_number(df, "Student-t df", greater_than=0)))
 
     def family(self, loc, scale):
         return dist.StudentT(self.df, loc, scale)
@@ -130,7 +118,7 @@ class Mixture(nn.Module):
 
     def __init__(self, latent_dim, num_components=10):
         super().__init__()
-        k = _positive_int(num_components, "num_components")
+        k = check_int(num_components, "num_components")
         self.logits = nn.Parameter(torch.zeros(k))
         self.locs = nn.Parameter(torch.randn(k, latent_dim))
         self.log_scales = nn.Parameter(torch.zeros(k, latent_dim))
@@ -155,7 +143,7 @@ class VampPrior(nn.Module):
     def __init__(self, latent_dim, num_pseudo=50):
         super().__init__()
         self.latent_dim = latent_dim
-        self.num_pseudo = _positive_int(num_pseudo, "num_pseudo")
+        self.num_pseudo = check_int(num_pseudo, "num_pseudo")
         self.register_parameter("pseudo_inputs", None)
         self._encode = None
 
@@ -203,7 +191,7 @@ class Flow(nn.Module):
             )
         if transform == "spline-coupling" and latent_dim < 2:
             raise ConfigError("The spline-coupling flow needs latent_dim >= 2; use affine-autoregressive.")
-        num_flows = _positive_int(num_flows, "num_flows")
+        num_flows = check_int(num_flows, "num_flows")
         self.layers = nn.ModuleList(FLOW_TRANSFORMS[transform](latent_dim) for _ in range(num_flows))
         self.register_buffer("loc", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))

@@ -2,12 +2,44 @@
 
 A *spec* is either a name (``"bernoulli"``) or a mapping with a ``name`` key and the
 constructor's keyword options (``{"name": "mlp", "hidden": [400]}``).
+
+Parts are built with a :class:`BuildContext`: what the library knows when it builds them
+(the training-set size, the data shape, the device, the splits a command needs). A
+constructor that declares a ``context`` parameter receives it; one that does not never
+sees it, so existing parts need no change when the context grows.
 """
 
+import dataclasses
 import difflib
 import inspect
+from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a part's constructor may use (each field ``None`` where it is not known).
+
+    Attributes:
+        num_train: number of training points (e.g. for β-TCVAE's minibatch-weighted sampling).
+        data_shape: shape of one data point.
+        device: the ``torch.device`` the run computes on.
+        splits: the data splits the caller needs; a dataset may skip reading the others
+            (e.g. ``pyro-vae evaluate`` needs only ``("test",)``).
+    """
+
+    num_train: int | None = None
+    data_shape: tuple | None = None
+    device: Any = None
+    splits: tuple = SPLITS
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
 
 
 def suggest(word, choices):
@@ -50,16 +82,20 @@ class Registry:
             )
         return self._entries[name]
 
-    def build(self, spec, **context):
+    def build(self, spec, context=None, **supplied):
         """Build from a spec (name or ``{"name": ..., **options}``).
 
-        ``context`` holds arguments the library supplies (such as ``latent_dim``);
-        the spec's options must be keyword arguments the constructor accepts.
+        ``supplied`` holds arguments the library passes to every constructor of this kind
+        (such as ``latent_dim``); ``context`` (a :class:`BuildContext`) is passed only to a
+        constructor with a ``context`` parameter. The spec's options must be keyword
+        arguments the constructor accepts; neither ``context`` nor a supplied name may be one.
         """
         name, options = split_spec(spec, self.kind)
         constructor = self.get(name)
-        check_options(constructor, options, f"{self.kind} '{name}'", reserved=context)
-        return constructor(**context, **options)
+        check_options(constructor, options, f"{self.kind} '{name}'", reserved={*supplied, "context"})
+        if "context" in inspect.signature(constructor).parameters:
+            supplied = {**supplied, "context": context or BuildContext()}
+        return constructor(**supplied, **options)
 
 
 def split_spec(spec, kind):

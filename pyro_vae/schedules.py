@@ -13,10 +13,9 @@ layer; a schedule's shape f(t) ∈ [0, 1] then applies to every layer:
   cycle and stays there: β(t) = beta·min(1, (t mod L) / (ratio·L)).
 """
 
-import math
-
 from .errors import ConfigError
 from .registry import Registry
+from .validation import check_number
 
 BETA_SCHEDULES = Registry("beta schedule")
 
@@ -26,17 +25,7 @@ def _non_negative(value, what):
         if not value:
             raise ConfigError(f"{what} must not be an empty list.")
         return tuple(_non_negative(v, what) for v in value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ConfigError(
-            f"beta schedule option {what!r} must be a finite number >= 0 (or a list), got {value!r}."
-        )
-    return float(value)
-
-
-def _positive(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ConfigError(f"beta schedule option {what!r} must be a finite number > 0, got {value!r}.")
-    return float(value)
+    return check_number(value, f"beta schedule option {what!r} (or each entry of its list)", minimum=0)
 
 
 def _interpolate(start, end, fraction):
@@ -68,7 +57,8 @@ class LinearWarmup:
     def __init__(self, beta=1.0, start=0.0, warmup_epochs=10):
         self.beta = _non_negative(beta, "beta")
         self.start = _non_negative(start, "start")
-        self.warmup_epochs = _positive(warmup_epochs, "warmup_epochs")
+        self.warmup_epochs = check_number(warmup_epochs, "beta schedule option 'warmup_epochs'",
+                                          greater_than=0)
         _interpolate(self.start, self.beta, 0.0)
 
     def __call__(self, t):
@@ -81,10 +71,8 @@ class Cyclical:
 
     def __init__(self, beta=1.0, cycle_epochs=10, ratio=0.5):
         self.beta = _non_negative(beta, "beta")
-        self.cycle_epochs = _positive(cycle_epochs, "cycle_epochs")
-        self.ratio = _positive(ratio, "ratio")
-        if self.ratio > 1:
-            raise ConfigError(f"ratio must be in (0, 1], got {ratio!r}.")
+        self.cycle_epochs = check_number(cycle_epochs, "beta schedule option 'cycle_epochs'", greater_than=0)
+        self.ratio = check_number(ratio, "beta schedule option 'ratio'", greater_than=0, maximum=1)
 
     def __call__(self, t):
         phase = (t % self.cycle_epochs) / self.cycle_epochs

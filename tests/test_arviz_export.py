@@ -3,7 +3,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pyro_vae import VAE, DataError, log_likelihood
+from pyro_vae import VAE, ConfigError, DataError, log_likelihood
 from pyro_vae.arviz_export import (
     load_inference_data,
     log_px_from,
@@ -90,7 +90,7 @@ def test_batches_give_the_same_result_as_one_call(digits):
 
 def test_bad_input_is_rejected(digits):
     vae = VAE(data_shape=(1, 8, 8), latent_dim=3)
-    with pytest.raises(DataError, match="num_samples"):
+    with pytest.raises(ConfigError, match="num_samples must be a positive integer, got 0"):
         to_inference_data(vae, digits, num_samples=0)
     with pytest.raises(DataError, match="point_index"):
         to_inference_data(vae, digits, num_samples=2, point_index=[1, 2])

@@ -83,7 +83,7 @@ def test_estimator_on_the_gpu_agrees_with_the_cpu_within_its_error():
 
 def test_streamed_training_data_give_the_same_run_as_device_resident_data(tmp_path, monkeypatch):
     resident = train(SMALL, tmp_path / "resident", progress=False).vae.state_dict()
-    train_module = sys.modules["pyro_vae.train"]
+    train_module = sys.modules["pyro_vae.runs"]
     monkeypatch.setattr(train_module, "fits_on_device", lambda splits, device: False)
     run = train(SMALL, tmp_path / "streamed", progress=False)
     assert run.streaming and not run.splits.train.is_cuda and run.splits.test.is_cuda

@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from pyro_vae import load_run, train
-from pyro_vae.distributed import setup, sharded_log_likelihood
+from pyro_vae.distributed import setup, sharded_estimate
+from pyro_vae.estimators import ImportanceSampling
 
 WORLD_SIZE, LOCAL_BATCH = 2, 16
 
@@ -83,8 +84,8 @@ def _evaluate_worker(rank, port, run_dir, results):
     torch.set_num_threads(1)
     ctx = setup()
     run, _ = load_run(run_dir)
-    result = sharded_log_likelihood(run.vae.model, run.vae.guide, run.test, num_samples=30,
-                                    batch_size=50, seed=7, ctx=ctx)
+    result = sharded_estimate(ImportanceSampling(num_samples=30), run.vae.model, run.vae.guide, run.test,
+                              batch_size=50, seed=7, ctx=ctx)
     torch.save(result.log_px, os.path.join(results, f"log_px{rank}.pt"))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -98,8 +99,8 @@ def test_distributed_evaluation_matches_one_process(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: float sums must be reduced the same way to agree bitwise
     try:
-        single = sharded_log_likelihood(run.vae.model, run.vae.guide, run.test, num_samples=30,
-                                        batch_size=50, seed=7)
+        single = sharded_estimate(ImportanceSampling(num_samples=30), run.vae.model, run.vae.guide, run.test,
+                                  batch_size=50, seed=7)
     finally:
         torch.set_num_threads(threads)
     for rank in range(WORLD_SIZE):

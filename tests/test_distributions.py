@@ -7,7 +7,8 @@ import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
 
-from pyro_vae.distributions import IndependentBernoulli, LogVarNormal, UnitNormal, diagonal_normal
+from pyro_vae.distributions import IndependentBernoulli, LogVarNormal, _UnitNormal, diagonal_normal
+from pyro_vae.priors import StandardNormal
 
 
 def _rand(*shape, seed=0):
@@ -67,19 +68,36 @@ def test_diagonal_normal_is_normal_to_event_bitwise():
 def test_kl_to_the_unit_normal_is_the_closed_form():
     loc, logvar = _rand(6, 3), 2 * _rand(6, 3, seed=1)
     q = diagonal_normal(loc, logvar)
-    p = UnitNormal(torch.zeros(3), torch.ones(3)).to_event(1).expand((6,))
+    p = StandardNormal(3)().expand((6,))
+    assert isinstance(p.base_dist, _UnitNormal)  # the standard-normal prior takes the fast KL
     expected = 0.5 * (logvar.exp() + loc**2 - 1 - logvar).sum(-1)
     assert torch.allclose(kl_divergence(q, p), expected, rtol=1e-6)
     torch_kl = kl_divergence(dist.Normal(loc, torch.exp(0.5 * logvar)).to_event(1),
                              dist.Normal(torch.zeros(3), torch.ones(3)).to_event(1))
     assert torch.allclose(kl_divergence(q, p), torch_kl, rtol=1e-5)
     # broadcasting against a larger prior batch (e.g. a particle dim) keeps every term
-    wide = UnitNormal(torch.zeros(3), torch.ones(3)).to_event(1).expand((4, 6))
-    assert kl_divergence(q, wide).shape == (4, 6)
+    wide = _UnitNormal((3,)).to_event(1).expand((4, 6))
+    assert isinstance(wide.base_dist, _UnitNormal) and kl_divergence(q, wide).shape == (4, 6)
     # against other Normals, torch's Normal-Normal KL applies
     other = dist.Normal(torch.ones(3), 2 * torch.ones(3)).to_event(1)
     reference = kl_divergence(dist.Normal(loc, torch.exp(0.5 * logvar)).to_event(1), other)
     assert torch.allclose(kl_divergence(q, other), reference, rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_unit_normal_is_only_ever_the_standard_normal(seed):
+    """Its closed-form KL ignores loc and scale, so it takes neither (the KL to
+    ``UnitNormal(2, 3)`` used to come out 0 for q = N(0, 1), not 0.876)."""
+    with pytest.raises(TypeError):
+        _UnitNormal(torch.tensor(2.0), torch.tensor(3.0))
+    with pytest.raises(TypeError):
+        _UnitNormal(loc=torch.tensor(2.0), scale=torch.tensor(3.0))
+    p = _UnitNormal((5,), dtype=torch.float64)
+    assert torch.equal(p.loc, torch.zeros(5, dtype=torch.float64))
+    assert torch.equal(p.scale, torch.ones(5, dtype=torch.float64))
+    loc, logvar = 3 * _rand(2, 5, seed=seed).double(), 2 * _rand(2, 5, seed=seed + 10).double()
+    torch_kl = kl_divergence(dist.Normal(loc, torch.exp(0.5 * logvar)), dist.Normal(p.loc, p.scale))
+    assert torch.allclose(kl_divergence(LogVarNormal(loc, logvar), p), torch_kl, rtol=1e-12)
 
 
 def test_the_distributions_inside_pyro_plates():
@@ -87,7 +105,7 @@ def test_the_distributions_inside_pyro_plates():
 
     def model():
         with pyro.plate("data", 4):
-            pyro.sample("z", UnitNormal(torch.zeros(2), torch.ones(2)).to_event(1))
+            pyro.sample("z", StandardNormal(2)())
             pyro.sample("x", IndependentBernoulli(_rand(4, 3), 1), obs=torch.ones(4, 3))
 
     def guide():
@@ -99,6 +117,6 @@ def test_the_distributions_inside_pyro_plates():
     for trace in (model_trace, guide_trace):
         trace.compute_log_prob()
     assert model_trace.nodes["z"]["fn"].batch_shape == (4,)
-    assert isinstance(model_trace.nodes["z"]["fn"].base_dist, UnitNormal)
+    assert isinstance(model_trace.nodes["z"]["fn"].base_dist, _UnitNormal)
     assert model_trace.nodes["x"]["log_prob"].shape == (4,)
     assert guide_trace.nodes["z"]["log_prob"].shape == (4,)

@@ -10,7 +10,7 @@ import torch
 from checks import write_fake_mnist
 
 import pyro_vae
-from pyro_vae.train import make_lr_scheduler
+from pyro_vae.trainer import make_lr_scheduler
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -116,3 +116,20 @@ def test_hierarchical_example_runs_in_short_mode(tmp_path):
     assert set(rows["two-layer"]["kl_per_layer"]) == set(rows["ladder"]["kl_per_layer"]) == {"z1", "z2"}
     assert all(r["log_px"] > r["elbo"] - 3 * r["log_px_stderr"] for r in rows.values())
     assert all((tmp_path / name / "figures" / "diagnostics.png").is_file() for name in rows)
+
+
+def test_custom_estimator_example_agrees_with_plain_importance_sampling():
+    repeated, plain = load_example("custom_estimator").main(["--epochs", "1", "--num-samples", "200"])
+    assert repeated["estimator"]["name"] == "repeated-importance" and repeated["repeats"] == 4
+    assert repeated["num_points"] == plain["num_points"] == 360
+    # both pool 200 samples per point: the means agree within their standard errors
+    assert abs(repeated["log_px_mean"] - plain["log_px_mean"]) < 3 * plain["log_px_stderr"]
+
+
+def test_custom_objective_example_receives_the_training_set_size():
+    run, records = load_example("custom_objective").main(["--epochs", "1"])
+    num_train = len(run.splits.train)
+    assert run.config["objective"] == {"name": "dataset-elbo"}
+    # the loss is the batch ELBO scaled by N/B: per point, about N/B times the ELBO's size
+    batch = run.config["train"]["batch_size"]
+    assert records[-1]["train_loss"] > (num_train / batch) * 0.5 * -records[-1]["val_elbo"]

@@ -3,9 +3,11 @@
 With Pyro validation disabled (as in the trainer), :class:`pyro_vae.objectives.TraceELBO`
 and :class:`~pyro_vae.objectives.MeanFieldELBO` skip Pyro's unused bookkeeping; their
 gradients must be bitwise those of ``Trace_ELBO``/``TraceMeanField_ELBO.loss_and_grads``
-and their values equal up to the float32-vs-float64 sum of Pyro's ``Trace_ELBO``.
+and their values equal up to the float32-vs-float64 sum of Pyro's ``Trace_ELBO``. These
+tests guard ``pyro_vae._lean_elbo``, which relies on Pyro internals.
 """
 
+import importlib
 import json
 import math
 
@@ -14,10 +16,16 @@ import pytest
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
+import pyro_vae
 from pyro_vae import VAE
+from pyro_vae.distributions import diagonal_normal
 from pyro_vae.objectives import OBJECTIVES, step_loss
 
-PYRO = {"elbo": Trace_ELBO, "elbo-analytic": TraceMeanField_ELBO}
+PYRO = {
+    "elbo": Trace_ELBO,
+    "elbo-analytic": TraceMeanField_ELBO,
+    "iwae": lambda **options: RenyiELBO(alpha=0, **options),
+}
 
 CASES = [
     ("elbo-analytic", {"latent_dim": 4}, 1.0, 1),
@@ -33,6 +41,12 @@ CASES = [
 
 def _grads(vae):
     return [None if p.grad is None else p.grad.clone() for p in vae.parameters()]
+
+
+def _assert_same_grads(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert (g is None and w is None) or torch.equal(g, w)
 
 
 @pytest.mark.parametrize("name, model, beta, particles", CASES)
@@ -59,8 +73,64 @@ def test_lean_path_matches_pyro(name, model, beta, particles):
             else:
                 value = objective.loss_and_grads(vae.model, vae.guide, x)
         assert math.isclose(value, expected, rel_tol=1e-6), run
-        for got, want in zip(_grads(vae), expected_grads):
-            assert (got is None and want is None) or torch.equal(got, want), run
+        _assert_same_grads(_grads(vae), expected_grads)
+
+
+def _pyro_and_fast_path(name, particles, vae, x):
+    """Pyro's ``loss_and_grads`` and ``step_loss`` on the objective ``name``, validation off
+    and the same seed on both sides: (Pyro's value, its gradients, ours, our gradients)."""
+    options = dict(num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1)
+    results = []
+    for run in ("pyro", "fast"):
+        vae.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        with pyro.validation_enabled(False):
+            if run == "pyro":
+                value = PYRO[name](**options).loss_and_grads(vae.model, vae.guide, x)
+            else:
+                objective = OBJECTIVES.build({"name": name, "num_particles": particles})
+                value = step_loss(objective, vae.model, vae.guide, x).item()
+        results += [value, _grads(vae)]
+    return results
+
+
+@pytest.mark.parametrize("latent_dim", [4, [4, 2]])
+@pytest.mark.parametrize("name, particles", [
+    ("elbo", 1), ("elbo", 3), ("elbo-analytic", 1), ("elbo-analytic", 4), ("iwae", 5),
+])
+def test_fast_path_is_pyros_bitwise_with_validation_off(name, particles, latent_dim):
+    """Every gradient is bitwise Pyro's; so is the value, except Trace_ELBO's, which Pyro sums
+    from Python floats (float64) where the fast path sums float32 tensors, with no ``.item()``."""
+    x = torch.bernoulli(torch.full((16, 1, 8, 8), 0.3), generator=torch.Generator().manual_seed(0))
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=latent_dim, inference="top-down", beta=1.5)
+    expected, expected_grads, value, grads = _pyro_and_fast_path(name, particles, vae, x)
+    if name == "elbo":
+        assert math.isclose(value, expected, rel_tol=1e-6)
+    else:
+        assert value == expected
+    assert all(g is not None for g in grads)
+    _assert_same_grads(grads, expected_grads)
+
+
+def _score_function_normal(loc, logvar):
+    q = diagonal_normal(loc, logvar)
+    q.base_dist.has_rsample_(False)
+    return q
+
+
+@pytest.mark.parametrize("latent_dim", [4, [4, 2]])
+def test_fast_elbo_with_a_score_function_guide_site_is_pyros_bitwise(monkeypatch, latent_dim):
+    """Guide sites that are not reparameterised: Trace_ELBO's score-function surrogate."""
+    monkeypatch.setattr(importlib.import_module("pyro_vae.model"), "diagonal_normal", _score_function_normal)
+    x = torch.bernoulli(torch.full((16, 1, 8, 8), 0.3), generator=torch.Generator().manual_seed(0))
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=latent_dim)
+    torch.manual_seed(1)
+    guide_trace = pyro.poutine.trace(vae.guide).get_trace(x)
+    assert not any(site["fn"].has_rsample for site in guide_trace.nodes.values() if site["type"] == "sample")
+    expected, expected_grads, value, grads = _pyro_and_fast_path("elbo", 1, vae, x)
+    assert math.isclose(value, expected, rel_tol=1e-6)
+    assert all(g is not None for g in grads)
+    _assert_same_grads(grads, expected_grads)
 
 
 def test_lean_loss_is_a_float_and_matches_pyro():
@@ -101,15 +171,12 @@ def test_iwae_differentiable_loss_has_renyis_value_and_gradients(model, beta, pa
     torch.manual_seed(1)
     loss = step_loss(OBJECTIVES.build({"name": "iwae", "num_particles": particles}), vae.model, vae.guide, x)
     assert math.isclose(loss.item(), expected, rel_tol=1e-6)
-    for got, want in zip(_grads(vae), expected_grads):
-        assert (got is None and want is None) or torch.equal(got, want)
+    _assert_same_grads(_grads(vae), expected_grads)
 
 
 @pytest.mark.parametrize("sync_every", [1, 4])
 def test_non_finite_loss_stops_training_at_its_step(tmp_path, monkeypatch, sync_every):
-    import importlib
-
-    train_module = importlib.import_module("pyro_vae.train")
+    train_module = importlib.import_module("pyro_vae.trainer")
     real_step_loss = train_module.step_loss
     calls = []
 
@@ -123,7 +190,7 @@ def test_non_finite_loss_stops_training_at_its_step(tmp_path, monkeypatch, sync_
     config = {"model": {"latent_dim": 2, "encoder": {"hidden": [8]}, "decoder": {"hidden": [8]}},
               "train": {"epochs": 2, "batch_size": 256}}
     with pytest.raises(train_module.TrainingDiverged, match="epoch 2, step 2"):
-        train_module.train(config, tmp_path / "run", progress=False)
+        pyro_vae.train(config, tmp_path / "run", progress=False)
     # epoch 1 (5 steps of 256 of the 1257 training digits) was checkpointed, epoch 2 was not
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch-0001.pt"]
 
@@ -146,9 +213,7 @@ TINY = {"model": {"latent_dim": 2, "encoder": {"hidden": [8]}, "decoder": {"hidd
 
 @pytest.mark.parametrize("objective, registers", [("elbo-analytic", False), ("iwae", False), ("renyi", True)])
 def test_trainer_registers_params_only_if_its_objective_needs_it(tmp_path, monkeypatch, objective, registers):
-    import importlib
-
-    train_module = importlib.import_module("pyro_vae.train")
+    train_module = importlib.import_module("pyro_vae.trainer")
     calls = _count_registrations(monkeypatch)
     per_step = []
 
@@ -162,7 +227,7 @@ def test_trainer_registers_params_only_if_its_objective_needs_it(tmp_path, monke
     if objective == "renyi":  # a user's objective with loss_and_grads only, which needs param sites
         monkeypatch.setitem(OBJECTIVES._entries, "renyi",
                             lambda: RenyiELBO(alpha=0.5, max_plate_nesting=1))
-    run = train_module.train({**TINY, "objective": objective}, tmp_path / "run", progress=False)
+    run = pyro_vae.train({**TINY, "objective": objective}, tmp_path / "run", progress=False)
     assert len(per_step) == 3  # 1257 training digits in batches of 512
     assert all(n >= 2 if registers else n == 0 for n in per_step)
     assert run.vae.register_params and run.vae.network_autocast is None  # restored after the steps

@@ -10,19 +10,19 @@ from pyro_vae.cli import main
 from pyro_vae.data import binarize_fixed, load_dataset
 from pyro_vae.diagnostics import dimension_scores, kl_per_dimension
 from pyro_vae.distributions import diagonal_normal
+from pyro_vae.figures import FIGURES, plot_run
 from pyro_vae.plots import (
-    FIGURES,
     as_images,
     plot_kl_per_dimension,
     plot_latent_space,
     plot_reconstructions,
-    plot_run,
     plot_samples,
     plot_training_curves,
     plot_traversals,
     save_figure,
     traversal_values,
 )
+from pyro_vae.rundir import RunDir
 
 NETS = {"encoder": {"hidden": [16]}, "decoder": {"hidden": [16]}}
 TINY = {"train": {"epochs": 2, "batch_size": 256}}
@@ -154,9 +154,8 @@ def test_training_curves_show_the_metrics_that_were_recorded(tmp_path):
     assert len(plot_training_curves(base).axes) == 2  # ELBO and β; no validation yet is fine
     full = [dict(r, val_elbo=-31.0 + r["epoch"], val_recon=-25.0 + r["epoch"],
                  val_kl={"z1": 3.0, "z2": 1.0}, active_units={"z1": 4, "z2": 2}) for r in base]
-    path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in full))
-    figure = plot_training_curves(path)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
+    figure = plot_training_curves(RunDir(tmp_path).read_metrics())
     assert [ax.get_title() for ax in figure.axes] == [
         "ELBO [nats / point]", "reconstruction [nats / point]", "KL [nats / point]", "active units", "β",
     ]

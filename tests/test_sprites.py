@@ -1,14 +1,15 @@
-"""Tests for pyro_vae.sprites: the factor grid, the renderer and the sprites datasets."""
+"""Tests for pyro_vae.data.sprites: the factor grid, the renderer and the sprites datasets."""
 
+import importlib
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from pyro_vae.data import load_dataset
-from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.sprites import (
+import pyro_vae.data
+from pyro_vae.data import (
+    DATASETS,
     FACTOR_NAMES,
     FACTOR_SIZES,
     NUM_SPRITES,
@@ -16,8 +17,10 @@ from pyro_vae.sprites import (
     factor_values,
     factors_to_index,
     index_to_factors,
+    load_dataset,
     render,
 )
+from pyro_vae.errors import ConfigError, DataError
 
 SQUARE, ELLIPSE, HEART = 0, 1, 2
 BASE = [ELLIPSE, 3, 7, 12, 20]  # every factor can go one step up from here
@@ -31,6 +34,15 @@ def centroid(img):
     """(column, row) of the on-pixels' centre of mass, pixel i covering [i, i + 1)."""
     rows, cols = torch.nonzero(img, as_tuple=True)
     return cols.float().mean().item() + 0.5, rows.float().mean().item() + 0.5
+
+
+def test_sprites_is_a_module_of_the_data_package():
+    module = importlib.import_module("pyro_vae.data.sprites")
+    assert DATASETS.get("sprites") is module.sprites
+    assert all(getattr(pyro_vae.data, name) is getattr(module, name) for name in module.__all__)
+    assert set(module.__all__) <= set(pyro_vae.data.__all__)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("pyro_vae.sprites")
 
 
 def test_grid():

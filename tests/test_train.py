@@ -126,8 +126,7 @@ def test_nan_loss_names_the_bad_term_and_keeps_the_checkpoint(tmp_path):
 
 def test_streaming_path_gives_the_same_run_as_device_resident_data(tmp_path, monkeypatch):
     resident = params(train(SMALL, tmp_path / "resident", progress=False))
-    trainer_module = sys.modules["pyro_vae.train"]  # the name pyro_vae.train is the function
-    monkeypatch.setattr(trainer_module, "fits_on_device", lambda splits, device: False)
+    monkeypatch.setattr(sys.modules["pyro_vae.runs"], "fits_on_device", lambda splits, device: False)
     run = train(SMALL, tmp_path / "streamed", progress=False)
     assert run.streaming
     streamed = params(run)

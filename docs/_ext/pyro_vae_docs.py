@@ -222,15 +222,10 @@ _EXPORTED = set()
 
 
 def _init(app):
-    """Ids of the objects ``pyro_vae`` re-exports, except those named like a submodule
-    (``train``, ``evaluate``: the top-level name is the module's function, documented
-    in its module because ``pyro_vae.train`` already names the module)."""
+    """Ids of the objects ``pyro_vae`` re-exports (documented once, at the top level)."""
     package = importlib.import_module("pyro_vae")
-    for name in getattr(package, "__all__", []):
-        try:
-            importlib.import_module(f"pyro_vae.{name}")
-        except ImportError:
-            _EXPORTED.add(id(getattr(package, name)))
+    for name in package.__all__:
+        _EXPORTED.add(id(getattr(package, name)))
 
 
 def skip_reexported(app, what, name, obj, skip, options):

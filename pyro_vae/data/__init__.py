@@ -8,7 +8,7 @@ preprocessing (JSON/YAML serialisable, so a run's config can store it).
 
 Registered datasets: ``digits`` (scikit-learn, no download); the torchvision family
 ``mnist``, ``fashion-mnist``, ``kmnist``, ``emnist`` (balanced split) and ``cifar10``;
-``sprites`` (procedural, with known factors, :mod:`pyro_vae.sprites`); users' own data,
+``sprites`` (procedural, with known factors, :mod:`pyro_vae.data.sprites`); users' own data,
 ``array`` (a .npy/.npz/.pt file) and ``folder`` (a folder of PNG/JPEG images).
 
 Binarisation (option ``binarize``; default ``"dynamic"`` for the grey-level image sets,
@@ -34,9 +34,8 @@ from host memory (:func:`fits_on_device` decides).
 
 The modules of this package: ``splits`` (:class:`Splits`), ``transforms`` (binarisation,
 dequantisation), ``batching``, ``loading`` (the registry and what every dataset uses),
-``checks`` (option checks), and the datasets ``digits``, ``torchvision_sets`` and
-``user_data``; ``sprites`` lives in :mod:`pyro_vae.sprites`. Everything public is
-importable from ``pyro_vae.data``.
+``checks`` (option checks), and the datasets ``digits``, ``torchvision_sets``, ``sprites``
+and ``user_data``. Everything public is importable from ``pyro_vae.data``.
 """
 
 from .batching import batches, fits_on_device, make_loader
@@ -44,6 +43,19 @@ from .checks import BINARIZE_MODES
 from .digits import digits
 from .loading import DATASETS, list_datasets, load_dataset, split_indices
 from .splits import Splits
+from .sprites import (
+    FACTOR_NAMES,
+    FACTOR_SIZES,
+    IMAGE_SIZE,
+    NUM_SPRITES,
+    SHAPES,
+    SpritesDataset,
+    factor_values,
+    factors_to_index,
+    index_to_factors,
+    render,
+    sprites,
+)
 from .torchvision_sets import MNIST_FILES, cifar10, emnist, fashion_mnist, kmnist, mnist
 from .transforms import binarize_batch, binarize_fixed, dequantize_batch, dequantize_fixed
 from .user_data import IMAGE_SUFFIXES, array, folder
@@ -51,9 +63,15 @@ from .user_data import IMAGE_SUFFIXES, array, folder
 __all__ = [
     "BINARIZE_MODES",
     "DATASETS",
+    "FACTOR_NAMES",
+    "FACTOR_SIZES",
+    "IMAGE_SIZE",
     "IMAGE_SUFFIXES",
     "MNIST_FILES",
+    "NUM_SPRITES",
+    "SHAPES",
     "Splits",
+    "SpritesDataset",
     "array",
     "batches",
     "binarize_batch",
@@ -63,15 +81,18 @@ __all__ = [
     "dequantize_fixed",
     "digits",
     "emnist",
+    "factor_values",
+    "factors_to_index",
     "fashion_mnist",
     "fits_on_device",
     "folder",
+    "index_to_factors",
     "kmnist",
     "list_datasets",
     "load_dataset",
     "make_loader",
     "mnist",
+    "render",
     "split_indices",
+    "sprites",
 ]
-
-from .. import sprites as _sprites  # noqa: E402, F401  (registers the "sprites" dataset)

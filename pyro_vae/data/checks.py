@@ -4,20 +4,14 @@
 import os
 from pathlib import Path
 
-import numpy as np
-
+from .. import validation
 from ..errors import ConfigError, DataError
 
 BINARIZE_MODES = ("dynamic", "static", "threshold", "none")
 
 
 def check_binarize(mode, dataset: str) -> str:
-    if mode not in BINARIZE_MODES:
-        raise ConfigError(
-            f"Option 'binarize' of dataset '{dataset}' must be one of "
-            f"{', '.join(repr(m) for m in BINARIZE_MODES)}; got {mode!r}."
-        )
-    return mode
+    return validation.check_choice(mode, f"Option 'binarize' of dataset '{dataset}'", BINARIZE_MODES)
 
 
 def check_preprocessing(name: str, split_seed, binarize, binarize_seed, dequantize) -> tuple:
@@ -26,8 +20,7 @@ def check_preprocessing(name: str, split_seed, binarize, binarize_seed, dequanti
     split_seed = check_int("split_seed", split_seed, minimum=0, what=what)
     binarize = check_binarize(binarize, name)
     binarize_seed = check_int("binarize_seed", binarize_seed, minimum=0, what=what)
-    if not isinstance(dequantize, bool):
-        raise ConfigError(f"Option 'dequantize' of {what} must be true or false, got {dequantize!r}.")
+    dequantize = validation.check_bool(dequantize, f"Option 'dequantize' of {what}")
     if dequantize and binarize != "none":
         raise ConfigError(
             f"Option 'dequantize' of {what} needs binarize: none (dequantised data are continuous), "
@@ -38,24 +31,18 @@ def check_preprocessing(name: str, split_seed, binarize, binarize_seed, dequanti
 
 def check_fractions(what: str, *fractions) -> tuple:
     """``(val_fraction, test_fraction)`` as floats in ``[0, 1)``."""
-    for name, value in zip(("val_fraction", "test_fraction"), fractions):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ConfigError(f"Option '{name}' of {what} must be a number in [0, 1), got {value!r}.")
-    return tuple(float(f) for f in fractions)
+    return tuple(
+        validation.check_number(value, f"Option '{name}' of {what}", minimum=0, less_than=1)
+        for name, value in zip(("val_fraction", "test_fraction"), fractions)
+    )
 
 
 def check_size(size, what: str):
     """``None``, ``S`` or ``[H, W]`` -> ``None`` or ``(H, W)``."""
     if size is None:
         return None
-    sizes = [size, size] if isinstance(size, int) else size
-    if not isinstance(sizes, (list, tuple)) or len(sizes) != 2 or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
-    ):
-        raise ConfigError(
-            f"Option 'size' of {what} must be a positive integer or [height, width], got {size!r}."
-        )
-    return tuple(sizes)
+    sizes = validation.check_ints(size, f"Option 'size' of {what}", length=2)
+    return sizes * 2 if len(sizes) == 1 else sizes
 
 
 def path_option(value, option: str, what: str, must_be: str | None = None) -> Path:
@@ -72,8 +59,5 @@ def path_option(value, option: str, what: str, must_be: str | None = None) -> Pa
 
 
 def check_int(name: str, value, minimum: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"Option '{name}' of {what} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ConfigError(f"Option '{name}' of {what} must be >= {minimum}, got {value}.")
-    return int(value)
+    """:func:`pyro_vae.validation.check_int` of option ``name`` of ``what`` (e.g. "dataset 'mnist'")."""
+    return validation.check_int(value, f"Option '{name}' of {what}", minimum=minimum)

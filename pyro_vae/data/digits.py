@@ -3,6 +3,7 @@
 import torch
 
 from ..errors import ConfigError, DataError
+from ..validation import check_bool
 from .checks import check_binarize, check_int
 from .loading import DATASETS, make_splits, split_indices
 from .splits import Splits
@@ -45,8 +46,7 @@ def digits(
             f"val_size ({val_size}) + test_size ({test_size}) of dataset 'digits' must be less "
             f"than its {n} images, to leave a training set."
         )
-    if not isinstance(counts, bool):
-        raise ConfigError(f"Option 'counts' of dataset 'digits' must be true or false, got {counts!r}.")
+    counts = check_bool(counts, "Option 'counts' of dataset 'digits'")
     if counts and binarize != "none":
         raise ConfigError("Dataset 'digits' with counts: true needs binarize: none (counts are 0..16).")
     x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1)

@@ -10,13 +10,16 @@ from .splits import SPLITS, Splits
 DATASETS = Registry("dataset")
 
 
-def load_dataset(spec="digits") -> Splits:
+def load_dataset(spec="digits", context=None) -> Splits:
     """Load a dataset from a spec: a name (``"digits"``) or ``{"name": ..., **options}``.
 
-    Unknown names and options raise :class:`ConfigError` with the valid ones; missing or
-    unreadable files raise :class:`DataError`.
+    ``context`` (a :class:`~pyro_vae.registry.BuildContext`) may name the splits needed;
+    datasets that can skip files do so (the torchvision family reads only the official
+    test files for ``splits=("test",)``), the others load everything. Unknown names and
+    options raise :class:`ConfigError` with the valid ones; missing or unreadable files
+    raise :class:`DataError`.
     """
-    splits = DATASETS.build(spec)
+    splits = DATASETS.build(spec, context)
     if not isinstance(splits, Splits):
         raise ConfigError(f"Dataset {spec!r} returned {type(splits).__name__}, not Splits.")
     return splits
@@ -44,9 +47,10 @@ def split_indices(n: int, sizes: dict, seed: int) -> dict:
     return out
 
 
-def make_splits(data: dict, info: dict, binarize="none", binarize_seed=None, dequantize=False, factors=None):
+def make_splits(data: dict, info: dict, binarize="none", binarize_seed=None, dequantize=False, factors=None,
+                loaded=SPLITS):
     """``data`` maps each split to ``(examples, labels)``, ``factors`` (optional) each split
-    to its factors; completes ``info``."""
+    to its factors; completes ``info``. ``loaded``: the splits that were read."""
     info = dict(info)
     info["sizes"] = {split: int(data[split][0].shape[0]) for split in SPLITS}
     info["binarize"] = binarize
@@ -55,4 +59,5 @@ def make_splits(data: dict, info: dict, binarize="none", binarize_seed=None, deq
     tensors = {split: data[split][0].contiguous() for split in SPLITS}
     labels = {f"{split}_labels": data[split][1] for split in SPLITS}
     per_split_factors = {f"{split}_factors": (factors or {}).get(split) for split in SPLITS}
-    return Splits(**tensors, **labels, **per_split_factors, data_shape=tuple(info["data_shape"]), info=info)
+    return Splits(**tensors, **labels, **per_split_factors, data_shape=tuple(info["data_shape"]), info=info,
+                  loaded=loaded)

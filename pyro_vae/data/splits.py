@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import DataError
-from .checks import check_int
+from ..validation import check_int
 from .transforms import binarize_batch, binarize_fixed, dequantize_batch, dequantize_fixed, derive_seed
 
 SPLITS = ("train", "val", "test")
@@ -22,7 +22,9 @@ class Splits:
     tensors of shape ``(N,)`` or ``None``; factors (datasets with known generative
     factors, such as ``sprites``) are int64 tensors of shape ``(N, F)`` or ``None``.
     ``data_shape`` defaults to ``train.shape[1:]``. ``info`` holds plain Python values
-    only (str, int, float, bool, None, lists, dicts).
+    only (str, int, float, bool, None, lists, dicts). ``loaded`` names the splits that were
+    read; a dataset asked for fewer (see :class:`~pyro_vae.registry.BuildContext`) leaves the
+    others empty, and only a loaded training split must hold examples.
     """
 
     train: torch.Tensor
@@ -36,6 +38,7 @@ class Splits:
     train_factors: torch.Tensor | None = None
     val_factors: torch.Tensor | None = None
     test_factors: torch.Tensor | None = None
+    loaded: tuple = SPLITS
 
     def __post_init__(self):
         for split in SPLITS:
@@ -47,7 +50,10 @@ class Splits:
             if x.dim() < 1:
                 raise DataError(f"Splits.{split} must have a leading sample dimension.")
             setattr(self, split, x.to(torch.float32))
-        if self.train.shape[0] == 0:
+        if not set(self.loaded) <= set(SPLITS):
+            raise DataError(f"Splits.loaded must name splits among {SPLITS}, got {self.loaded!r}.")
+        self.loaded = tuple(self.loaded)
+        if "train" in self.loaded and self.train.shape[0] == 0:
             raise DataError("The training split is empty: a dataset needs at least one example.")
         shape = tuple(int(s) for s in self.train.shape[1:])
         if self.data_shape is None:
@@ -119,7 +125,7 @@ class Splits:
     def fixed_transform(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         """One draw of the per-batch transform of ``x`` determined by ``seed``
         (:func:`binarize_fixed` or :func:`dequantize_fixed`), or ``x`` itself."""
-        seed = check_int("seed", seed, minimum=0, what="fixed_transform")
+        seed = check_int(seed, "seed of Splits.fixed_transform", minimum=0)
         if self.dynamic_binarization:
             return binarize_fixed(x, seed)
         if self.dequantization:
@@ -128,7 +134,7 @@ class Splits:
 
     def eval_split(self, split: str, seed: int = 0) -> torch.Tensor:
         """The ``split`` ("train", "val" or "test") of :meth:`eval_view`, computed alone."""
-        seed = check_int("seed", seed, minimum=0, what="eval_split")
+        seed = check_int(seed, "seed of Splits.eval_split", minimum=0)
         return self.fixed_transform(getattr(self, split), derive_seed(seed, SPLITS.index(split)))
 
     def eval_view(self, seed: int = 0) -> "Splits":

@@ -3,7 +3,6 @@ read from torchvision's folder layout under ``root`` (downloaded only when asked
 
 import codecs
 import gzip
-import os
 import pickle
 import shutil
 from collections.abc import Callable
@@ -13,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..errors import ConfigError, DataError
+from ..validation import check_bool
 from .checks import check_int, check_preprocessing, path_option
 from .loading import DATASETS, make_splits, split_indices
-from .splits import Splits
+from .splits import SPLITS, Splits
 from .transforms import apply_binarize
 
 
@@ -34,12 +35,14 @@ _READ_ERRORS = (
 )
 
 
-def _read_idx(folder: Path, source: "_Source") -> dict:
-    """The four IDX files of an MNIST-like set as uint8 ``(N, 1, H, W)`` images and labels."""
+def _read_idx(folder: Path, source: "_Source", sets: tuple) -> dict:
+    """The IDX files of the official ``sets`` ("train", "test") of an MNIST-like set as uint8
+    ``(N, 1, H, W)`` images and labels."""
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
     out = {}
-    for split, (images_file, labels_file) in (("train", source.files[:2]), ("test", source.files[2:])):
+    for split in sets:
+        images_file, labels_file = source.files_of(split)
         images = read_image_file(str(folder / images_file))
         if source.transpose:
             images = images.transpose(1, 2)
@@ -47,11 +50,12 @@ def _read_idx(folder: Path, source: "_Source") -> dict:
     return out
 
 
-def _read_cifar(folder: Path, source: "_Source") -> dict:
-    """CIFAR-10's python batches (the last file is the test batch) as uint8 ``(N, 3, 32, 32)``."""
+def _read_cifar(folder: Path, source: "_Source", sets: tuple) -> dict:
+    """CIFAR-10's python batches of the official ``sets`` (the last file is the test batch) as
+    uint8 ``(N, 3, 32, 32)``."""
     out = {}
-    for split, names in (("train", source.files[:-1]), ("test", source.files[-1:])):
-        parts = [_load_cifar_batch(folder / name) for name in names]
+    for split in sets:
+        parts = [_load_cifar_batch(folder / name) for name in source.files_of(split)]
         images = np.concatenate([part["data"] for part in parts]).reshape(-1, 3, 32, 32)
         labels = np.concatenate([np.asarray(part["labels"], dtype=np.int64) for part in parts])
         out[split] = torch.from_numpy(images), torch.from_numpy(labels)
@@ -104,14 +108,20 @@ class _Source:
     title: str
     cls: str  # the torchvision.datasets class (used to download)
     folder: str  # folder under root holding the files
-    files: tuple  # training files, then test files
-    read: Callable  # (folder, source) -> {"train": (uint8 images, labels), "test": ...}
+    files: tuple  # training files, then test files (the last ``num_test_files``)
+    read: Callable  # (folder, source, sets) -> {"train": (uint8 images, labels), "test": ...}
     hint: str  # what the files are, for the missing-files message
     num_classes: int
     val_size: int = 10000
     binarize: str = "dynamic"
     options: tuple = ()  # extra (key, value) arguments of the torchvision class
     transpose: bool = False  # images stored transposed (EMNIST)
+    num_test_files: int = 2
+
+    def files_of(self, official_set: str) -> tuple:
+        """The files of the official ``"train"`` or ``"test"`` set."""
+        cut = len(self.files) - self.num_test_files
+        return self.files[:cut] if official_set == "train" else self.files[cut:]
 
 
 _IDX_HINT = "uncompressed IDX files (or their .gz versions)"
@@ -133,7 +143,7 @@ _SOURCES = (
         "cifar10", "CIFAR-10", "CIFAR10", "cifar-10-batches-py",
         tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",), _read_cifar,
         "python-version batch files (extract cifar-10-python.tar.gz into root)", 10,
-        val_size=5000, binarize="none",
+        val_size=5000, binarize="none", num_test_files=1,
     ),
 )
 
@@ -145,23 +155,29 @@ _TORCHVISION_DOC = """\
     ``val_size`` images of the official training set (chosen by a permutation seeded with
     ``split_seed``) form the validation split; the official test set is the test split. A
     static binarisation is drawn per official set before the validation split is taken.
+    When only the test split is needed (``pyro-vae evaluate``), only the test files are read.
     EMNIST's images, stored transposed, are turned upright.
     """
 
 
-def _load_torchvision(source, root, download, val_size, split_seed, binarize, binarize_seed, dequantize):
-    """A dataset of the torchvision family (``source``) from ``<root>/<source.folder>/``."""
+def _load_torchvision(source, root, download, val_size, split_seed, binarize, binarize_seed, dequantize,
+                      context):
+    """A dataset of the torchvision family (``source``) from ``<root>/<source.folder>/``; the
+    official training files are read only if ``context.splits`` asks for train or val."""
     what = f"dataset '{source.name}'"
     root = path_option(root, "root", what)
-    if not isinstance(download, bool):
-        raise ConfigError(f"Option 'download' of {what} must be true or false, got {download!r}.")
+    download = check_bool(download, f"Option 'download' of {what}")
     val_size = check_int("val_size", val_size, minimum=0, what=what)
     split_seed, binarize, binarize_seed, dequantize = check_preprocessing(
         source.name, split_seed, binarize, binarize_seed, dequantize
     )
-    data = _read_source(source, root, download)
+    needed = SPLITS if context is None else context.splits
+    sets = ("train", "test") if {"train", "val"} & set(needed) else ("test",)
+    data = _read_source(source, root, download, sets)
+    if "train" not in data:  # an empty stand-in: only the test split is loaded
+        data["train"] = data["test"][0][:0], data["test"][1][:0]
     n_train = data["train"][0].shape[0]
-    if val_size >= n_train:
+    if "train" in sets and val_size >= n_train:
         raise ConfigError(
             f"val_size ({val_size}) of {what} must be less than the {n_train} training images "
             f"found in {root / source.folder}, to leave a training set."
@@ -188,7 +204,8 @@ def _load_torchvision(source, root, download, val_size, split_seed, binarize, bi
     }
     parts = {split: (train_x[i], train_y[i]) for split, i in idx.items()}
     parts["test"] = (test_x, test_y)
-    return make_splits(parts, info, binarize, binarize_seed, dequantize)
+    loaded = SPLITS if "train" in sets else ("test",)
+    return make_splits(parts, info, binarize, binarize_seed, dequantize, loaded=loaded)
 
 
 def _register(source: _Source) -> Callable:
@@ -202,9 +219,10 @@ def _register(source: _Source) -> Callable:
         binarize: str = source.binarize,
         binarize_seed: int = 0,
         dequantize: bool = False,
+        context=None,
     ) -> Splits:
         return _load_torchvision(
-            source, root, download, val_size, split_seed, binarize, binarize_seed, dequantize
+            source, root, download, val_size, split_seed, binarize, binarize_seed, dequantize, context
         )
 
     load.__name__ = load.__qualname__ = source.name.replace("-", "_")
@@ -218,23 +236,26 @@ def _register(source: _Source) -> Callable:
 mnist, fashion_mnist, kmnist, emnist, cifar10 = (_register(source) for source in _SOURCES)
 
 
-def _read_source(source: _Source, root: Path, download: bool) -> dict:
-    """Read (after unpacking and, if asked, downloading) and check one source's files."""
+def _read_source(source: _Source, root: Path, download: bool, sets=("train", "test")) -> dict:
+    """Read (after unpacking and, if asked, downloading) and check the files of one source's
+    official ``sets``."""
     folder = root / source.folder
-    _unpack_gz(folder, source.files)
-    if _missing(folder, source.files) and download:
+    files = tuple(name for official_set in sets for name in source.files_of(official_set))
+    _unpack_gz(folder, files)
+    if _missing(folder, files) and download:
         _download(source, root)
-    missing = _missing(folder, source.files)
+    missing = _missing(folder, files)
     if missing:
         raise DataError(_missing_message(source, root, missing))
     try:
-        data = source.read(folder, source)
+        data = source.read(folder, source, sets)
     except _READ_ERRORS as error:  # malformed files: the readers assert or raise
         raise DataError(
             f"Could not read the {source.title} files in {folder}: {type(error).__name__}: {error}. "
             f"Replace them with the original files ({', '.join(source.files)})."
         ) from None
-    for split, which in (("train", "training"), ("test", "test")):
+    for split in sets:
+        which = {"train": "training", "test": "test"}[split]
         images, labels = data[split]
         if images.shape[0] == 0:
             raise DataError(f"The {source.title} {which} files in {folder} hold no images.")
@@ -243,8 +264,8 @@ def _read_source(source: _Source, root: Path, download: bool) -> dict:
                 f"The {source.title} {which} files in {folder} hold {images.shape[0]} images but "
                 f"{labels.shape[0]} labels."
             )
-    shapes = [tuple(data[split][0].shape[1:]) for split in ("train", "test")]
-    if shapes[0] != shapes[1]:
+    shapes = [tuple(data[split][0].shape[1:]) for split in sets]
+    if len(shapes) == 2 and shapes[0] != shapes[1]:
         raise DataError(
             f"The {source.title} training images in {folder} are {shapes[0]} but the test images "
             f"are {shapes[1]}."
@@ -276,13 +297,10 @@ def _unpack_gz(folder: Path, files: tuple):
         target, packed = folder / name, folder / f"{name}.gz"
         if target.is_file() or not packed.is_file():
             continue
-        partial = folder / f"{name}.partial"
         try:
-            with gzip.open(packed, "rb") as src, open(partial, "wb") as dst:
+            with atomic_write(target) as partial, gzip.open(packed, "rb") as src, open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-            os.replace(partial, target)
         except (OSError, EOFError) as error:
-            partial.unlink(missing_ok=True)
             raise DataError(
                 f"Could not unpack {packed} into {target}: {type(error).__name__}: {error}. "
                 "Put the uncompressed file there instead."

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..validation import check_choice
 from .checks import check_fractions, check_preprocessing, check_size, path_option
 from .loading import DATASETS, make_splits, split_indices
 from .splits import Splits
@@ -99,8 +100,7 @@ def folder(
     """
     what = "dataset 'folder'"
     root = path_option(path, "path", what, must_be="folder")
-    if mode not in ("grayscale", "rgb"):
-        raise ConfigError(f"Option 'mode' of {what} must be 'grayscale' or 'rgb', got {mode!r}.")
+    mode = check_choice(mode, f"Option 'mode' of {what}", ("grayscale", "rgb"))
     size = check_size(size, what)
     checked = check_preprocessing("folder", split_seed, binarize, binarize_seed, dequantize)
     fractions = check_fractions(what, val_fraction, test_fraction)

@@ -19,192 +19,35 @@ permutation drawn from a generator seeded by (seed, epoch) (data too large for t
 are streamed through a pinned DataLoader in the same order; under torchrun each process
 takes its share of every global batch, see :mod:`pyro_vae.distributed`); with dynamic
 binarisation each batch gets a fresh Bernoulli draw on the device. The data are checked
-against the likelihood once, up front, and the loop runs with Pyro validation off. A run directory holds
-``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` and ``figures/``.
+against the likelihood once, up front (:meth:`~pyro_vae.runs.Run.build`), and the loop runs
+with Pyro validation off. The trainer writes the run directory's config, metrics,
+checkpoints and training-split statistics through :class:`~pyro_vae.rundir.RunDir`; it
+draws no figures (callers pass end-of-run hooks, as :func:`pyro_vae.train` does).
 """
 
 import collections
 import contextlib
-import dataclasses
-import json
 import math
-import os
 import shutil
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pyro
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from . import config as configuration
-from . import distributed
-from .checkpoints import CheckpointDir, CheckpointError
-from .data import batches, fits_on_device, load_dataset, make_loader
 from .diagnostics import elbo_terms, latent_summary
 from .distributed import Distributed, ELBOLoss
-from .errors import ConfigError, PyroVAEError
-from .model import VAE
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .objectives import OBJECTIVES, check_compatible, step_loss
-from .plots import plot_reconstructions_and_samples, save_figure
+from .runs import load_model_state
 from .schedules import BETA_SCHEDULES
 
-EVAL_SEED = 12345
-"""Seed of the fixed binarisation (or dequantisation) of the data used for evaluation."""
-SINGLE_PROCESS = Distributed()
-VALIDATION_CHUNK = 8192
-"""Training data are checked against the likelihood's support this many points at a time."""
 SYNC_EVERY = 50
 """On an accelerator, the training losses are checked for NaN/inf every this many steps."""
 POSTFIX_SECONDS = 0.5
 MIXED_PRECISION = {"bf16": torch.bfloat16}
 """``train.mixed_precision`` -> the dtype of the networks under ``torch.autocast``."""
-
-
-class TrainingDiverged(PyroVAEError):
-    """The loss became NaN or infinite."""
-
-
-def resolve_device(name):
-    """``"auto"`` -> CUDA when available, else CPU; explicit names are checked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"Device '{name}' was requested but CUDA is not available here.")
-    return device
-
-
-@dataclass
-class Run:
-    """What a run is built from: its config, data (on the device) and VAE."""
-
-    config: dict
-    device: torch.device
-    splits: object
-    vae: VAE
-    val: torch.Tensor
-    test: torch.Tensor
-    streaming: bool = False
-
-    @classmethod
-    def build(cls, config, model=None, local_rank=None):
-        """Data, VAE and fixed evaluation views from a resolved config.
-
-        ``model`` replaces the VAE that ``config["model"]`` describes: any ``nn.Module``
-        with Pyro methods ``model(x)`` and ``guide(x)`` (see :func:`train`).
-        """
-        configuration.check(config)
-        device = resolve_device(config["device"])
-        if local_rank is not None and device.type == "cuda":  # one GPU per process (torchrun)
-            device = torch.device("cuda", local_rank)
-        pyro.set_rng_seed(config["seed"])
-        splits = load_dataset(config["data"])
-        streaming = not fits_on_device(splits, device)
-        if streaming:  # the training split stays in host memory and is streamed in batches
-            splits = dataclasses.replace(splits, val=splits.val.to(device), test=splits.test.to(device))
-        else:
-            splits = splits.to(device)
-        vae = model if model is not None else VAE(data_shape=splits.data_shape, **config["model"])
-        vae = vae.to(device)
-        val, test = (splits.eval_split(name, EVAL_SEED) for name in ("val", "test"))
-        likelihood = getattr(vae, "likelihood", None)
-        if likelihood is not None:
-            for chunk in splits.train.split(VALIDATION_CHUNK):  # the data as training will see them
-                likelihood.validate(splits.fixed_transform(chunk, EVAL_SEED))
-            for part in (val, test):
-                likelihood.validate(part)
-        return cls(config, device, splits, vae, val, test, streaming)
-
-    def train_batches(self, batch_size, generator, ctx=SINGLE_PROCESS):
-        """One epoch of training batches on the device, in the order of :func:`~pyro_vae.data.batches`:
-        indexed from the device-resident tensor, or streamed through a DataLoader (pinned
-        memory, non-blocking copies) when the data did not fit on the device. With several
-        processes, this rank's share of each global batch of ``batch_size × world_size``."""
-        train = self.splits.train
-        if ctx.enabled:
-            order = batches(len(train), batch_size * ctx.world_size, generator, train.device)
-            source = (train[ctx.shard(index)].to(self.device, non_blocking=True) for index in order)
-        elif self.streaming:
-            source = make_loader(train, batch_size, generator, self.device)
-        else:
-            source = (train[index] for index in batches(len(train), batch_size, generator, self.device))
-        for x in source:
-            yield self.splits.transform_batch(x)
-
-
-def load_run(run_dir, map_location=None, model=None):
-    """Rebuild a finished or interrupted run from its directory (newest good checkpoint).
-
-    A run trained with a custom ``model`` needs the same (freshly built) module again.
-    """
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        what = "does not exist" if not run_dir.exists() else "is not a pyro-vae run (no config.yaml)"
-        raise PyroVAEError(f"Run directory '{run_dir}' {what}.")
-    config = configuration.load_yaml(config_path)
-    config.pop("data_info", None)
-    run = Run.build(configuration.resolve(config), model)
-    state = CheckpointDir(run_dir / "checkpoints").load_latest(map_location or run.device)
-    if state is None:
-        raise PyroVAEError(f"Run directory '{run_dir}' has no loadable checkpoint.")
-    load_model_state(run.vae, state, run_dir)
-    return run, state
-
-
-def train(config=None, out_dir="runs/default", overrides=(), resume=False, progress=True, model=None):
-    """Train the VAE described by ``config`` (a mapping merged over the defaults, then the
-    ``"key=value"`` strings in ``overrides``).
-
-    ``model`` trains your own module instead of ``config["model"]``'s VAE, with the same
-    data, objective, optimiser, checkpoints and metrics: an ``nn.Module`` whose methods
-    ``model(x)`` and ``guide(x)`` are Pyro programs with a ``pyro.plate("data")`` over the
-    batch. The β schedule sets its ``beta`` attribute before each step; figures are drawn
-    if it has ``reconstruct``/``sample`` methods and data are checked if it has a
-    ``likelihood`` with ``validate``.
-
-    With ``resume=True`` the run in ``out_dir`` continues from its newest good
-    checkpoint (the config saved there is used, updated by ``config`` and ``overrides``)
-    and ends with the same parameters as an uninterrupted run. Returns the :class:`Run`.
-    """
-    out_dir = Path(out_dir)
-    saved = out_dir / "config.yaml"
-    if resume:
-        if not saved.is_file():
-            raise PyroVAEError(f"Cannot resume: '{out_dir}' holds no run (no config.yaml).")
-        base = configuration.load_yaml(saved)
-        base.pop("data_info", None)
-        base = configuration.resolve(base)
-    else:
-        if saved.exists():
-            raise PyroVAEError(
-                f"'{out_dir}' already holds a run; pass --resume to continue it or choose another --out."
-            )
-        base = configuration.DEFAULTS
-    config = configuration.resolve(config, overrides, base=base)
-    root = config["data"].get("root") if isinstance(config["data"], dict) else None
-    if isinstance(root, str):  # the run must find its data from any working directory
-        config["data"]["root"] = os.path.abspath(os.path.expanduser(root))
-    ctx = distributed.setup()
-    run = Run.build(config, model, ctx.local_rank if ctx.enabled else None)
-    return Trainer(run, out_dir, progress, ctx).fit(resume)
-
-
-def load_model_state(vae, state, run_dir):
-    """``vae.load_state_dict(state["model"])``, with a clear error when they do not fit."""
-    try:
-        vae.load_state_dict(state["model"])
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"The checkpoint in '{run_dir}' does not fit the model its config.yaml "
-                              f"describes (was config.yaml edited?): {first}") from None
 
 
 def _sync_every(device):
@@ -272,27 +115,34 @@ def make_lr_scheduler(optimizer, optim):
 
 
 class Trainer:
-    """Runs the epochs of one :class:`Run`, writing metrics, checkpoints and figures."""
+    """Runs the epochs of one :class:`~pyro_vae.runs.Run` into a :class:`~pyro_vae.rundir.RunDir`.
 
-    def __init__(self, run, out_dir, progress=True, ctx=None):
+    The objective and the β schedule are built with the run's
+    :class:`~pyro_vae.registry.BuildContext` (training-set size, data shape, device).
+    ``on_end``: callables ``hook(run, rundir)`` run on the main process after the last
+    epoch (figures, exports).
+    """
+
+    def __init__(self, run, rundir, progress=True, ctx=None, on_end=()):
         self.run = run
         self.ctx = ctx or Distributed()
         self.ddp = None  # the DistributedDataParallel loss module, with several processes
-        self.out_dir = Path(out_dir)
+        self.rundir = rundir
         self.progress = progress
+        self.on_end = tuple(on_end)
         config = run.config
-        self.objective = OBJECTIVES.build(config["objective"])
+        self.objective = OBJECTIVES.build(config["objective"], run.context)
         check_compatible(config["objective"], run.vae)
-        self.schedule = BETA_SCHEDULES.build(config["beta_schedule"])
+        self.schedule = BETA_SCHEDULES.build(config["beta_schedule"], run.context)
         self.step_settings = step_settings(run.vae, self.objective, config["train"]["mixed_precision"])
         run.vae.beta = self.schedule(0.0)  # a β that does not fit the model fails before any write
         self.optimizer = make_adam(run.vae.parameters(), lr=config["optim"]["lr"], eps=config["optim"]["eps"])
         self.scheduler = make_lr_scheduler(self.optimizer, config["optim"])
-        self.checkpoints = CheckpointDir(self.out_dir / "checkpoints")
-        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.checkpoints = rundir.checkpoints
         self.epoch = 0
 
     def state(self):
+        """Everything a checkpoint holds: epoch, model, optimiser, scheduler and RNG states."""
         return {
             "epoch": self.epoch,
             "model": self.run.vae.state_dict(),
@@ -303,8 +153,9 @@ class Trainer:
         }
 
     def restore(self, state):
+        """Continue from a checkpoint's :meth:`state`."""
         self.epoch = state["epoch"]
-        load_model_state(self.run.vae, state, self.out_dir)
+        load_model_state(self.run.vae, state, self.rundir.path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -313,29 +164,23 @@ class Trainer:
 
     def _start(self, resume):
         main = self.ctx.is_main
-        try:
-            if main:
-                self.out_dir.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError, PermissionError) as error:
-            raise PyroVAEError(f"Cannot use '{self.out_dir}' as the run directory: "
-                               f"{error.strerror or error}.") from None
+        if main:
+            self.rundir.create()
         if resume:
+            saved_optim = self.rundir.config["optim"]  # the stored config, read once (by train)
             state = self.checkpoints.load_latest()
             if state is None and self.checkpoints.paths():
-                raise CheckpointError(f"Cannot resume '{self.out_dir}': none of its checkpoints loads.")
+                raise CheckpointError(f"Cannot resume '{self.rundir.path}': none of its checkpoints loads.")
             if state is not None:
                 self.restore(state)
-                self._apply_optim_overrides(configuration.load_yaml(self.out_dir / "config.yaml")["optim"])
+                self._apply_optim_overrides(saved_optim)
             if main:
-                self._truncate_metrics()
+                self.rundir.truncate_metrics(self.epoch)
         elif main:
-            self.metrics_path.write_text("")
-        if not main:  # only rank 0 writes
-            return
-        resolved = dict(self.run.config, data_info=self.run.splits.info)
-        tmp = self.out_dir / "config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-        tmp.replace(self.out_dir / "config.yaml")  # the run exists once its config is complete
+            self.rundir.start_metrics()
+            self.rundir.write_train_stats(train_stats(self.run.splits.train))
+        if main:  # only rank 0 writes; the run exists once its config is complete
+            self.rundir.write_config(self.run.config, self.run.splits.info)
 
     def _apply_optim_overrides(self, saved):
         """Optimiser settings changed on resume (``--set optim.lr=...``) apply from now on;
@@ -356,28 +201,21 @@ class Trainer:
                                   "the checkpoint holds the state of the other kind of schedule.")
             self.scheduler.milestones = collections.Counter(new["lr_milestones"])
 
-    def _truncate_metrics(self):
-        """Drop metric lines of epochs after the checkpoint we resume from (and a torn last line)."""
-        if not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                if json.loads(line)["epoch"] <= self.epoch:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
-
     def fit(self, resume=False):
-        fresh = not self.out_dir.exists()
+        """Train to ``train.epochs`` (continuing from the newest checkpoint with ``resume``),
+        run the end-of-run hooks and return the run."""
+        fresh = not self.rundir.path.exists()
         self._start(resume)
         try:
-            return self._fit()
+            self._fit()
         except TrainingDiverged:
             if fresh and not self.checkpoints.paths():  # nothing worth keeping: leave no run behind
-                shutil.rmtree(self.out_dir, ignore_errors=True)
+                shutil.rmtree(self.rundir.path, ignore_errors=True)
             raise
+        if self.ctx.is_main:
+            for hook in self.on_end:
+                hook(self.run, self.rundir)
+        return self.run
 
     def _fit(self):
         config = self.run.config
@@ -399,8 +237,6 @@ class Trainer:
                     self._epoch(num_batches, batch_size, bar)
         finally:
             self.ddp = None  # release DDP's reducer while the process group is still alive
-        self._figures()
-        return self.run
 
     def _epoch(self, num_batches, batch_size, bar):
         run, vae, config = self.run, self.run.vae, self.run.config
@@ -448,8 +284,7 @@ class Trainer:
             record.update(latent_summary(vae, run.val, config["eval"]["batch_size"]))
             bar.set_postfix(epoch=self.epoch, val_elbo=f"{record['val_elbo']:.2f}")
         # Metrics first: a kill between the two leaves a line that resume drops, never a gap.
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        self.rundir.append_metrics(record)
         self.checkpoints.save(self.state(), self.epoch)
 
     def _step(self, x):
@@ -496,10 +331,8 @@ class Trainer:
             "against the likelihood."
         )
 
-    def _figures(self):
-        vae = self.run.vae
-        drawable = hasattr(vae, "reconstruct") and hasattr(vae, "sample") and len(self.run.test)
-        if not (self.ctx.is_main and drawable):
-            return
-        figure = plot_reconstructions_and_samples(vae, self.run.test[:8])
-        save_figure(figure, self.out_dir / "figures" / "reconstructions.png")
+
+def train_stats(train):
+    """Per-feature sums of the training split and its size (the independent-pixel baseline
+    of :func:`pyro_vae.evaluate` needs no training data then)."""
+    return {"sum": train.sum(0).cpu(), "count": torch.tensor(len(train))}

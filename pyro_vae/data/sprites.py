@@ -26,10 +26,10 @@ import math
 import numpy as np
 import torch
 
-from .data import DATASETS, Splits
-from .data.checks import check_int
-from .data.loading import make_splits
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from .checks import check_int
+from .loading import DATASETS, make_splits
+from .splits import Splits
 
 __all__ = [
     "FACTOR_NAMES",
@@ -182,7 +182,7 @@ def sprites(num_train: int = 20000, num_val: int = 2000, num_test: int = 2000, s
     data = {split: (render(f), f[:, 0]) for split, f in factors.items()}
     info = {
         "name": "sprites",
-        "source": "pyro_vae.sprites (procedural, rendered from the factor grid)",
+        "source": "pyro_vae.data.sprites (procedural, rendered from the factor grid)",
         "scale": "binary 0/1",
         "data_shape": [1, IMAGE_SIZE, IMAGE_SIZE],
         "num_classes": len(SHAPES),
