@@ -10,8 +10,9 @@ import json
 import os
 import sys
 import time
+import warnings
 
-from .errors import PyroVAEError
+from .errors import PyroVAEError, TrainingDiverged
 
 
 def _parser():
@@ -32,6 +33,8 @@ def _parser():
                           "importance); see pyro-vae list")
     evaluate.add_argument("--num-samples", type=int, help="samples K per data point")
     evaluate.add_argument("--batch-size", type=int, help="data points per batch")
+    evaluate.add_argument("--force", action="store_true",
+                          help="run even when the estimated time exceeds a week")
     evaluate.add_argument("--no-progress", action="store_true")
 
     commands.add_parser("list", help="list the registered datasets, priors, likelihoods, ...")
@@ -55,6 +58,11 @@ def _is_main_process():
     return os.environ.get("RANK", "0") == "0"
 
 
+def _report(message):
+    """A progress message of a command, on stderr (stdout keeps the command's output)."""
+    print(f"pyro-vae: {message}", file=sys.stderr)
+
+
 def _train(args):
     from .config import load_yaml
     from .training import train
@@ -62,7 +70,7 @@ def _train(args):
     user = load_yaml(args.config) if args.config else {}
     if args.resume and not args.out:
         raise PyroVAEError("--resume needs --out RUN_DIR (the run to continue).")
-    out = args.out or time.strftime("runs/%Y%m%d-%H%M%S")
+    out = args.out = args.out or time.strftime("runs/%Y%m%d-%H%M%S")
     run = train(user, out, overrides=args.overrides, resume=args.resume, progress=not args.no_progress)
     if _is_main_process():
         print(f"Run directory: {out} (trained {run.config['train']['epochs']} epochs)")
@@ -72,7 +80,7 @@ def _evaluate(args):
     from .evaluation import evaluate
 
     summary = evaluate(args.run_dir, args.num_samples, args.batch_size, progress=not args.no_progress,
-                       estimator=args.estimator)
+                       estimator=args.estimator, force=args.force)
     if _is_main_process():
         print(json.dumps(summary, indent=2))
 
@@ -93,7 +101,7 @@ def _list(_args):
 def _plot(args):
     from .figures import plot_run
 
-    for path in plot_run(args.run_dir, args.out_dir, seed=args.seed).values():
+    for path in plot_run(args.run_dir, args.out_dir, seed=args.seed, report=_report).values():
         print(path)
 
 
@@ -102,21 +110,66 @@ def _sample(args):
     from .validation import check_int
 
     check_int(args.num_samples, "-n (the number of samples)")
-    print(sample_grid(args.run_dir, args.num_samples, args.out, mean=not args.draw, seed=args.seed))
+    print(sample_grid(args.run_dir, args.num_samples, args.out, mean=not args.draw, seed=args.seed,
+                      report=_report))
+
+
+INTERRUPTED = {
+    "evaluate": "eval.json was not written (an earlier one is unchanged).",
+    "plot": "the figures listed so far are complete; the others were not written.",
+    "sample": "nothing was written.",
+    "list": "nothing was written.",
+}
+"""What an interrupted command leaves behind, said on Ctrl-C (``train``: :func:`_interrupted_training`)."""
+
+
+def _interrupted_training(args):
+    """What Ctrl-C during ``train`` leaves: the newest checkpoint, or none."""
+    from .rundir import RunDir
+
+    if not getattr(args, "out", None):
+        return "nothing was written."
+    newest = RunDir(args.out).checkpoints.paths()
+    if not newest:
+        return (f"no epoch was completed, so '{args.out}' holds no checkpoint; "
+                "--resume would start the run from the beginning.")
+    return (f"the newest checkpoint is '{newest[0]}'; continue with "
+            f"pyro-vae train --out {args.out} --resume.")
+
+
+def _one_line_warning(command):
+    """``warnings.showwarning`` for the command line: one line, no source path or code."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"pyro-vae {command}: warning: {message}", file=sys.stderr)
+
+    return show
 
 
 def main(argv=None):
+    """Run the ``pyro-vae`` command line; returns the exit status (0, 2 for bad input,
+    3 for a training run that diverged, 130 on Ctrl-C)."""
     args = _parser().parse_args(argv)
-    try:
-        handlers = {"train": _train, "evaluate": _evaluate, "list": _list, "plot": _plot, "sample": _sample}
-        handlers[args.command](args)
-    except PyroVAEError as error:
-        print(f"pyro-vae {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("Interrupted; the last completed epoch is checkpointed (continue with --resume).",
-              file=sys.stderr)
-        return 130
+    command = args.command
+    handlers = {"train": _train, "evaluate": _evaluate, "list": _list, "plot": _plot, "sample": _sample}
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning(command)
+        try:
+            handlers[command](args)
+        except TrainingDiverged as error:
+            print(f"pyro-vae {command}: training diverged: {error}", file=sys.stderr)
+            return 3
+        except PyroVAEError as error:
+            print(f"pyro-vae {command}: error: {error}", file=sys.stderr)
+            return 2
+        except OSError as error:  # the file system refused: a path the user gave, in words
+            where = f" ('{error.filename}')" if error.filename else ""
+            print(f"pyro-vae {command}: error: {error.strerror or error}{where}.", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            left = _interrupted_training(args) if command == "train" else INTERRUPTED[command]
+            print(f"pyro-vae {command}: interrupted; {left}", file=sys.stderr)
+            return 130
     return 0
 
 

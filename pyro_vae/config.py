@@ -32,7 +32,11 @@ DEFAULTS = {
     "objective": {"name": "elbo", "num_particles": 1},
     "beta_schedule": {"name": "constant", "beta": 1.0},
     "optim": {"lr": 3e-3, "lr_decay": 1.0, "lr_milestones": None, "clip_norm": None, "eps": 1e-8},
-    "train": {"epochs": 40, "batch_size": 64, "validate_every": 1, "mixed_precision": None},
+    # train.divergence_factor: training stops (TrainingDiverged) when a step's loss per data point
+    # exceeds m + divergence_factor * max(|m|, 1), m the median of the last 50 checked per-point
+    # losses (see pyro_vae.trainer); null turns this check off (NaN/inf still stop training).
+    "train": {"epochs": 40, "batch_size": 64, "validate_every": 1, "mixed_precision": None,
+              "divergence_factor": 100.0},
     "eval": {"estimator": "importance", "num_samples": 1000, "batch_size": 100},
 }
 
@@ -76,7 +80,8 @@ def _merge_spec(default, value):
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, also reading ``1e-4`` (no dot, as in YAML 1.2) as a float."""
+    """PyYAML's safe loader, also reading ``1e-4`` (no dot, as in YAML 1.2) as a float, and
+    refusing duplicate keys."""
 
 
 _Loader.add_implicit_resolver(
@@ -84,6 +89,22 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    """A YAML mapping, refusing a key given twice (PyYAML would keep the last silently)."""
+    loader.flatten_mapping(node)
+    first = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in first:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given on line {first[key]})", key_node.start_mark)
+        first[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def load_yaml(path):
@@ -156,6 +177,8 @@ def check(config):
     _check_milestones(optim["lr_milestones"])
     check_number(optim["clip_norm"], "optim.clip_norm", greater_than=0, finite=False, allow_none=True)
     check_number(optim["eps"], "optim.eps (Adam's ε)", greater_than=0, finite=False)
+    check_number(train["divergence_factor"], "train.divergence_factor (null turns the check off)",
+                 greater_than=0, allow_none=True)
     if train["mixed_precision"] not in (None, "bf16"):
         raise ConfigError(
             "train.mixed_precision must be null (full precision) or bf16 (the networks in bfloat16 "

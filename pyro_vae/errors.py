@@ -26,8 +26,14 @@ class CheckpointError(RunError):
     """A checkpoint file that cannot be read, or that does not fit the run's model."""
 
 
-class TrainingDiverged(PyroVAEError):
-    """The training loss became NaN or infinite."""
+class TrainingDiverged(Exception):
+    """Training stopped because its loss diverged: NaN or infinite, or exploded far above the
+    run's recent losses (``train.divergence_factor``, see :mod:`pyro_vae.trainer`).
+
+    Not bad input, so not a :class:`PyroVAEError`: the command line prints its message and
+    exits with status 3. The message names the likely cause and the last good checkpoint,
+    which is kept (the diverged epoch is never saved).
+    """
 
 
 class EstimatorWarning(UserWarning):

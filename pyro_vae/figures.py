@@ -64,17 +64,24 @@ def _rng_devices(device):
     return [device.index or 0] if device.type == "cuda" else []
 
 
-def plot_run(run_dir, out_dir=None, num_examples=16, num_samples=64, seed=0):
+def _using(state, report):
+    if report is not None:
+        report(f"using the checkpoint '{state['path']}' (epoch {state['epoch']}).")
+
+
+def plot_run(run_dir, out_dir=None, num_examples=16, num_samples=64, seed=0, report=None):
     """Write every figure of the run in ``run_dir`` into ``out_dir`` (default ``run_dir/figures``).
 
     Uses the newest checkpoint and the validation split (the fixed binarised view). The
     importance-sampling diagnostics need ``pyro-vae evaluate`` first and are skipped
-    otherwise. Random draws use ``seed`` without touching the global RNG state. Returns
+    otherwise. Random draws use ``seed`` without touching the global RNG state. ``report``
+    (a callable taking a message, or ``None``) is told which checkpoint is used. Returns
     ``{name: path}`` of the files written (see :data:`FIGURES`).
     """
     rundir = RunDir(run_dir).require()
     out_dir = Path(out_dir) if out_dir is not None else rundir.figures
-    run, _ = load_run(rundir.path)
+    run, state = load_run(rundir.path)
+    _using(state, report)
     vae = run.vae.eval()
     x, labels = _view(run)
     written = {}
@@ -102,10 +109,12 @@ def plot_run(run_dir, out_dir=None, num_examples=16, num_samples=64, seed=0):
     return written
 
 
-def sample_grid(run_dir, num_samples=64, out=None, mean=True, seed=0):
+def sample_grid(run_dir, num_samples=64, out=None, mean=True, seed=0, report=None):
     """Write a grid of ``num_samples`` samples of the run's model (default
-    ``run_dir/figures/samples-<num_samples>.png``); returns the path. Reads no data."""
-    vae, _ = load_model(run_dir)
+    ``run_dir/figures/samples-<num_samples>.png``); returns the path. Reads no data;
+    ``report`` as in :func:`plot_run`."""
+    vae, state = load_model(run_dir)
+    _using(state, report)
     device = next(vae.parameters()).device
     with torch.random.fork_rng(devices=_rng_devices(device)):
         torch.manual_seed(seed)

@@ -182,6 +182,9 @@ class VAE(nn.Module):
         if not torch.is_tensor(x) or x.dtype != dtype:
             what = f"{x.dtype} tensor" if torch.is_tensor(x) else type(x).__name__
             raise DataError(f"x must be a {dtype} tensor like the model's parameters, got a {what}.")
+        if x.dim() and x.shape[0] == 0:
+            raise DataError(f"x is an empty batch (shape {tuple(x.shape)}); a batch needs at least one "
+                            "data point.")
         self.likelihood.validate(x)  # shape (batch, *data_shape), finite, inside the support
 
     def _net(self, net, inputs):

@@ -23,6 +23,7 @@ always matches the latent size and the chosen likelihood. Registered networks:
 
 import math
 
+import torch
 import torch.nn as nn
 
 from .errors import ConfigError
@@ -161,7 +162,30 @@ def _check_widths(hidden):
 
 
 def build_network(spec, in_shape, out_shape):
-    """An ``nn.Module`` from a name, a ``{"name": ..., **options}`` spec, or a module as is."""
+    """An ``nn.Module`` from a name, a ``{"name": ..., **options}`` spec, or a module as is
+    (checked once: it must map a batch of ``in_shape`` inputs to ``out_shape`` outputs)."""
     if isinstance(spec, nn.Module):
+        _check_module(spec, tuple(in_shape), tuple(out_shape))
         return spec
     return NETWORKS.build(spec, in_shape=tuple(in_shape), out_shape=tuple(out_shape))
+
+
+@torch.no_grad()
+def _check_module(module, in_shape, out_shape):
+    """Run ``module`` once on zeros of shape ``(2, *in_shape)`` (in eval mode, so no running
+    statistics change) and require outputs of shape ``(2, *out_shape)``."""
+    parameter = next(module.parameters(), None)
+    x = torch.zeros((2, *in_shape)) if parameter is None else parameter.new_zeros((2, *in_shape))
+    was_training = module.training
+    module.eval()
+    try:
+        y = module(x)
+    except Exception as error:  # any failure of the user's forward, in words
+        raise ConfigError(f"The network {type(module).__name__} cannot take inputs of shape (batch, "
+                          f"{', '.join(map(str, in_shape))}): {type(error).__name__}: {error}") from None
+    finally:
+        module.train(was_training)
+    if not torch.is_tensor(y) or tuple(y.shape) != (2, *out_shape):
+        got = tuple(y.shape[1:]) if torch.is_tensor(y) else type(y).__name__
+        raise ConfigError(f"The network {type(module).__name__} maps inputs of shape {in_shape} to {got}; "
+                          f"it must give outputs of shape {out_shape} per point.")

@@ -25,7 +25,7 @@ import yaml
 from . import atomic
 from . import config as configuration
 from .checkpoints import CheckpointDir
-from .errors import RunError
+from .errors import ConfigError, RunError
 
 
 class RunDir:
@@ -74,7 +74,7 @@ class RunDir:
         """Make the folder (and its parents), with a clear error where that is impossible."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError, PermissionError) as error:
+        except OSError as error:  # a file in the way, no permission, /proc, a name too long, ...
             raise RunError(f"Cannot use '{self.path}' as the run directory: "
                            f"{error.strerror or error}.") from None
 
@@ -89,7 +89,10 @@ class RunDir:
     @property
     def config(self):
         """The run's config, resolved over the defaults (a fresh copy on every access)."""
-        return configuration.resolve(self._stored_config[0])
+        try:
+            return configuration.resolve(self._stored_config[0])
+        except ConfigError as error:
+            raise ConfigError(f"The run's config file '{self.config_path}' is invalid: {error}") from None
 
     @property
     def data_info(self):

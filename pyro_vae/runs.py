@@ -19,7 +19,7 @@ import torch
 from . import config as configuration
 from .data import batches, fits_on_device, load_dataset, make_loader
 from .devices import resolve_device
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .model import VAE
 from .registry import SPLITS, BuildContext
 from .rundir import RunDir
@@ -107,9 +107,25 @@ def _validate(vae, *parts):
 
 
 def build_model(config, data_shape, device, model=None):
-    """The VAE of ``config["model"]`` for data of ``data_shape`` (or the user's ``model``) on ``device``."""
-    vae = model if model is not None else VAE(data_shape=data_shape, **config["model"])
-    return vae.to(device)
+    """The VAE of ``config["model"]`` for data of ``data_shape`` (or the user's ``model``) on
+    ``device``; a model too large for the memory is a :class:`~pyro_vae.errors.ConfigError`."""
+    try:
+        vae = model if model is not None else VAE(data_shape=data_shape, **config["model"])
+        return vae.to(device)
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"The model does not fit in the memory of {device} ({detail}); choose smaller "
+                          f"sizes in the model section (latent_dim {config['model']['latent_dim']!r}, the "
+                          "networks' hidden widths).") from None
+
+
+def _out_of_memory(error):
+    """Whether ``error`` is an allocator's refusal (CPU or CUDA) rather than a bug."""
+    text = str(error).lower()
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text or (
+        "out of memory" in text)
 
 
 def load_model_state(vae, state, run_dir):
@@ -117,9 +133,11 @@ def load_model_state(vae, state, run_dir):
     try:
         vae.load_state_dict(state["model"])
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"The checkpoint in '{run_dir}' does not fit the model its config.yaml "
-                              f"describes (was config.yaml edited?): {first}") from None
+        lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()] or [str(error)]
+        shown = "; ".join(lines[:4]) + (f"; and {len(lines) - 4} more" if len(lines) > 4 else "")
+        raise CheckpointError(f"The checkpoint of epoch {state['epoch']} in '{run_dir}' does not fit the "
+                              "model that the run's config.yaml (or the module passed as model=) describes: "
+                              f"{shown}") from None
 
 
 def _device(rundir, map_location):
@@ -130,7 +148,8 @@ def load_model(run_dir, map_location=None, model=None):
     """The trained model of the run in ``run_dir`` and its checkpoint: ``(vae, state)``.
 
     Built from the stored config and data shape, without reading any data and without
-    touching the global RNG; the parameters are those of the newest checkpoint that loads.
+    touching the global RNG; the parameters are those of the newest checkpoint that loads
+    (damaged newer ones are skipped with a line on stderr; ``state["path"]`` names the file).
     ``map_location`` (e.g. ``"cpu"``) is the device to load onto (default: the run's
     ``device`` setting). A run trained with a custom ``model`` needs the same (freshly
     built) module again.
@@ -139,12 +158,16 @@ def load_model(run_dir, map_location=None, model=None):
     config = configuration.check(rundir.config)
     device = _device(rundir, map_location)
     with torch.random.fork_rng(devices=[]):  # initial weights, overwritten by the checkpoint
-        vae = build_model(config, rundir.data_shape, device, model)
+        try:
+            vae = build_model(config, rundir.data_shape, device, model)
+        except ConfigError as error:
+            raise ConfigError(f"The run's config file '{rundir.config_path}' does not describe a valid "
+                              f"model: {error}") from None
     state = rundir.checkpoints.load_latest(device)
     if state is None:
-        raise CheckpointError(f"Run directory '{rundir.path}' has no loadable checkpoint.")
+        raise CheckpointError(f"Run directory '{rundir.path}' has no checkpoint (no epoch was completed).")
     load_model_state(vae, state, rundir.path)
-    return vae, state
+    return vae, {**state, "path": str(rundir.checkpoints.loaded_path)}
 
 
 def load_run(run_dir, map_location=None, model=None, splits=SPLITS):

@@ -14,6 +14,27 @@ back once per epoch (on an accelerator the finiteness check runs every
 ``SYNC_EVERY`` steps, on the CPU, where reading a value costs nothing, every step, before
 the optimiser step), and the progress bar shows the loss at most twice a second.
 
+Divergence stops training with :class:`~pyro_vae.errors.TrainingDiverged` before the
+diverged epoch is checkpointed (so the newest checkpoint on disk is the last good one). It
+is checked on the losses read back for the finiteness check, with no other read from the
+device, in step order:
+
+* a loss that is NaN or infinite;
+* a loss that explodes (``train.divergence_factor`` = f, ``null`` turns this rule off): with
+  ℓ_t = loss_t / (points in batch t) the loss per data point of step t and m the median of
+  the last :data:`HISTORY_WINDOW` per-point losses that passed this check before it
+  (:class:`LossHistory`), step t diverged when ``ℓ_t > m + f·max(|m|, 1)``. The rule applies
+  from the second checked step of a fresh run (an exploding learning rate blows up at the
+  first optimiser step: at the default f = 100 the loss must grow about 100-fold, where a
+  fresh model's loss falls and a β warm-up adds at most the KL); on resume the history is
+  seeded with the last completed epoch's ``train_loss`` from the metrics, so the rule
+  applies from the first resumed step. The history spans epochs.
+
+The message gives the loss per point against the median, the reconstruction and β·KL
+terms recomputed on the batch (:func:`~pyro_vae.diagnostics.elbo_terms`), and the likely
+cause: β (``beta_schedule``) when β·KL makes up most of the loss and β > :data:`EXTREME_BETA`,
+else the learning rate (non-finite parameters, or an exploded reconstruction or KL term).
+
 The data set lives on the device as one tensor and is batched by index with a
 permutation drawn from a generator seeded by (seed, epoch) (data too large for the device
 are streamed through a pinned DataLoader in the same order; under torchrun each process
@@ -28,7 +49,7 @@ draws no figures (callers pass end-of-run hooks, as :func:`pyro_vae.train` does)
 import collections
 import contextlib
 import math
-import shutil
+import statistics
 import time
 
 import pyro
@@ -36,6 +57,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .checkpoints import PATTERN as CHECKPOINT_NAME
 from .diagnostics import elbo_terms, latent_summary
 from .distributed import Distributed, ELBOLoss
 from .errors import CheckpointError, ConfigError, TrainingDiverged
@@ -45,6 +67,10 @@ from .schedules import BETA_SCHEDULES
 
 SYNC_EVERY = 50
 """On an accelerator, the training losses are checked for NaN/inf every this many steps."""
+HISTORY_WINDOW = 50
+"""The divergence rule compares a step's loss per point with the median of this many before it."""
+EXTREME_BETA = 1e6
+"""A β above this that makes β·KL most of a diverged loss is named as the likely cause."""
 POSTFIX_SECONDS = 0.5
 MIXED_PRECISION = {"bf16": torch.bfloat16}
 """``train.mixed_precision`` -> the dtype of the networks under ``torch.autocast``."""
@@ -53,6 +79,32 @@ MIXED_PRECISION = {"bf16": torch.bfloat16}
 def _sync_every(device):
     """Steps between NaN/inf checks of the loss (each reads a value back from the device)."""
     return 1 if device.type == "cpu" else SYNC_EVERY
+
+
+class LossHistory:
+    """The explosion rule: ``exploded(value)`` is true when the per-point loss ``value`` exceeds
+    ``limit()``, ``m + factor·max(|m|, 1)`` with m the median of the last ``window`` values
+    recorded (never with no history, or with ``factor=None``); otherwise ``value`` is recorded."""
+
+    def __init__(self, factor, window=HISTORY_WINDOW):
+        self.factor = factor
+        self.values = collections.deque(maxlen=window)
+
+    def median(self):
+        return statistics.median(self.values)
+
+    def limit(self):
+        """The largest per-point loss the next step may have, or ``inf`` (no rule yet)."""
+        if self.factor is None or not self.values:
+            return math.inf
+        median = self.median()
+        return median + self.factor * max(abs(median), 1.0)
+
+    def exploded(self, value):
+        if value > self.limit():
+            return True
+        self.values.append(value)
+        return False
 
 
 def make_adam(params, lr, eps=1e-8):
@@ -140,6 +192,7 @@ class Trainer:
         self.scheduler = make_lr_scheduler(self.optimizer, config["optim"])
         self.checkpoints = rundir.checkpoints
         self.epoch = 0
+        self.history = LossHistory(config["train"]["divergence_factor"])
 
     def state(self):
         """Everything a checkpoint holds: epoch, model, optimiser, scheduler and RNG states."""
@@ -168,12 +221,14 @@ class Trainer:
             self.rundir.create()
         if resume:
             saved_optim = self.rundir.config["optim"]  # the stored config, read once (by train)
-            state = self.checkpoints.load_latest()
-            if state is None and self.checkpoints.paths():
-                raise CheckpointError(f"Cannot resume '{self.rundir.path}': none of its checkpoints loads.")
+            try:
+                state = self.checkpoints.load_latest()
+            except CheckpointError as error:
+                raise CheckpointError(f"Cannot resume '{self.rundir.path}': {error}") from None
             if state is not None:
                 self.restore(state)
                 self._apply_optim_overrides(saved_optim)
+                self._seed_history()
             if main:
                 self.rundir.truncate_metrics(self.epoch)
         elif main:
@@ -181,6 +236,14 @@ class Trainer:
             self.rundir.write_train_stats(train_stats(self.run.splits.train))
         if main:  # only rank 0 writes; the run exists once its config is complete
             self.rundir.write_config(self.run.config, self.run.splits.info)
+
+    def _seed_history(self):
+        """Start the divergence rule's history with the resumed epoch's ``train_loss``, so that it
+        applies from the first resumed step."""
+        for record in self.rundir.read_metrics():
+            loss = record.get("train_loss")
+            if record["epoch"] == self.epoch and isinstance(loss, (int, float)) and math.isfinite(loss):
+                self.history.values.append(float(loss))
 
     def _apply_optim_overrides(self, saved):
         """Optimiser settings changed on resume (``--set optim.lr=...``) apply from now on;
@@ -204,14 +267,8 @@ class Trainer:
     def fit(self, resume=False):
         """Train to ``train.epochs`` (continuing from the newest checkpoint with ``resume``),
         run the end-of-run hooks and return the run."""
-        fresh = not self.rundir.path.exists()
         self._start(resume)
-        try:
-            self._fit()
-        except TrainingDiverged:
-            if fresh and not self.checkpoints.paths():  # nothing worth keeping: leave no run behind
-                shutil.rmtree(self.rundir.path, ignore_errors=True)
-            raise
+        self._fit()
         if self.ctx.is_main:
             for hook in self.on_end:
                 hook(self.run, self.rundir)
@@ -255,9 +312,9 @@ class Trainer:
         for step, x in enumerate(run.train_batches(batch_size, generator, self.ctx)):
             vae.beta = self.schedule(self.epoch + step / num_batches)
             loss = self._step(x)
-            pending.append(loss)
+            pending.append((loss, len(x)))
             if len(pending) >= sync_every or step == num_batches - 1:
-                self._check_finite(pending, step, x)
+                self._check_losses(pending, step, x)
                 pending.clear()
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(vae.parameters(), clip)
@@ -285,7 +342,7 @@ class Trainer:
             bar.set_postfix(epoch=self.epoch, val_elbo=f"{record['val_elbo']:.2f}")
         # Metrics first: a kill between the two leaves a line that resume drops, never a gap.
         self.rundir.append_metrics(record)
-        self.checkpoints.save(self.state(), self.epoch)
+        self.checkpoints.save(self.state(), self.epoch, score=record.get("val_elbo"))
 
     def _step(self, x):
         """Back-propagate the loss of batch ``x``; return it, detached. With several processes
@@ -298,37 +355,95 @@ class Trainer:
             loss.backward()
         return loss.detach() / self.ctx.world_size
 
-    def _check_finite(self, losses, step, x):
-        """Raise :class:`TrainingDiverged` if a loss of the steps ending at ``step`` is NaN/inf."""
-        if len(losses) == 1:
-            if math.isfinite(losses[0].item()):
-                return
-            self._diverged(step, x)
-        finite = torch.isfinite(torch.stack([loss.to(torch.float64) for loss in losses]))
-        if bool(finite.all()):
-            return
-        self._diverged(step - len(losses) + 1 + int((~finite).nonzero()[0, 0]), x)
+    def _check_losses(self, pending, step, x):
+        """Raise :class:`TrainingDiverged` at the first of the steps ending at ``step`` whose loss
+        is NaN/inf or exploded (``pending``: their (loss, batch size)); one read from the device."""
+        losses = [loss for loss, _ in pending]
+        values = [losses[0].item()] if len(losses) == 1 else torch.stack(losses).tolist()
+        first = step - len(pending) + 1
+        for index, (value, (_, size)) in enumerate(zip(values, pending)):
+            if not math.isfinite(value):
+                self._diverged(first + index, x)
+            if self.history.exploded(value / size):
+                self._exploded(first + index, value / size, x)
 
-    def _bad_terms(self, x):
-        """Which ELBO terms are NaN/inf on the batch ``x``, in words."""
+    def _terms(self, x):
+        """Per-point means on ``x``: (−log p(x|z), {site: KL}, Σ β·KL, largest β); ``None`` when
+        the parameters are not finite."""
         vae = self.run.vae
         if not all(bool(torch.isfinite(p).all()) for p in vae.parameters()):
-            return "the parameters themselves (an optimiser step diverged)"
+            return None
         terms = elbo_terms(vae, x)
-        bad = [f"the KL term of latent site '{site}'" for site, value in terms["kl"].items()
-               if not bool(torch.isfinite(value).all())]
-        if not bool(torch.isfinite(terms["recon"]).all()):
-            bad.insert(0, "the reconstruction term log p(x|z)")
-        return ", ".join(bad) or "none on recomputing this batch (an extreme draw of z)"
+        kl = {site: value.double().mean().item() for site, value in terms["kl"].items()}
+        betas = vae.beta if isinstance(vae.beta, (tuple, list)) else (vae.beta,) * len(kl)
+        if len(betas) != len(kl):
+            betas = (max(betas),) * len(kl)
+        beta_kl = sum(b * k for b, k in zip(betas, kl.values()))
+        return -terms["recon"].double().mean().item(), kl, beta_kl, max(betas, default=1.0)
+
+    def _likely_cause(self, terms, data_hint=""):
+        """The likely cause of a divergence and what to change, in words (``data_hint`` is added
+        to the learning-rate advice)."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if terms is None:
+            why = "the parameters themselves are no longer finite (an optimiser step overshot)"
+        else:
+            recon, kl, beta_kl, beta = terms
+            if beta > EXTREME_BETA and math.isfinite(recon) and beta_kl >= abs(recon):
+                return (f"β (beta_schedule: β = {beta:.3g}, far from 1): β·KL is {beta_kl:.3g} of the "
+                        f"{recon + beta_kl:.3g} nats per point. Lower beta_schedule.beta (β of 0.1 to 10 "
+                        "is usual)")
+            if math.isfinite(recon) and beta_kl > abs(recon):
+                why = f"the KL term exploded ({sum(kl.values()):.3g} nats per point at β = {beta:.3g})"
+            else:
+                why = f"the reconstruction term exploded (−log p(x|z) = {recon:.3g} nats per point)"
+        return (f"the learning rate (optim.lr = {lr:.3g}): {why}. Try a lower optim.lr "
+                f"(e.g. {lr / 100:.3g}) or set optim.clip_norm (e.g. 10){data_hint}")
+
+    def _kept(self):
+        """Which checkpoint is kept, in words: the newest of the completed epochs (the diverged
+        epoch is never saved)."""
+        for path in self.checkpoints.paths():
+            match = CHECKPOINT_NAME.search(path.name)
+            if match and int(match.group(1)) <= self.epoch:
+                return (f"The last good checkpoint, '{path}' (epoch {int(match.group(1))}, written "
+                        "before the divergence), is kept.")
+        return "No checkpoint was written before the divergence."
 
     def _diverged(self, step, x):
-        kept = self.checkpoints.paths()
+        terms = self._terms(x)
         raise TrainingDiverged(
             f"The loss became NaN or infinite at epoch {self.epoch + 1}, step {step + 1}; "
-            f"non-finite on the current batch: {self._bad_terms(x)}. "
-            + (f"The last good checkpoint '{kept[0]}' is kept. " if kept else "")
-            + "Try a lower optim.lr, set optim.clip_norm (e.g. 10), or check the data's scale "
-            "against the likelihood."
+            f"non-finite on the current batch: {self._bad_terms(terms, len(x))}. "
+            f"Likely cause: {self._likely_cause(terms, ', or check the data against the likelihood')}. "
+            f"{self._kept()}"
+        )
+
+    @staticmethod
+    def _bad_terms(terms, size):
+        """Which ELBO terms of :meth:`_terms` are NaN/inf (or overflow the loss), in words."""
+        if terms is None:
+            return "the parameters themselves (an optimiser step diverged)"
+        recon, kl, beta_kl, _ = terms
+        bad = [f"the KL term of latent site '{site}'" for site, value in kl.items()
+               if not math.isfinite(value)]
+        if not math.isfinite(recon):
+            bad.insert(0, "the reconstruction term log p(x|z)")
+        if not bad and abs(recon + beta_kl) * size > torch.finfo(torch.get_default_dtype()).max:
+            bad = [f"β·KL ({beta_kl:.3g} nats per point, beyond {torch.get_default_dtype()} over the batch)"]
+        return ", ".join(bad) or "none on recomputing this batch (an extreme draw of z)"
+
+    def _exploded(self, step, value, x):
+        history, terms = self.history, self._terms(x)
+        batch = "" if terms is None else (
+            f" On the current batch, per point: −log p(x|z) {terms[0]:.3g}, β·KL {terms[2]:.3g} nats.")
+        raise TrainingDiverged(
+            f"The loss exploded at epoch {self.epoch + 1}, step {step + 1}: {value:.3g} nats per data "
+            f"point against a median of {history.median():.3g} over the last {len(history.values)} "
+            f"checked step{'s' if len(history.values) > 1 else ''} (limit median + "
+            f"train.divergence_factor·max(|median|, 1) = {history.limit():.3g}).{batch} "
+            f"Likely cause: {self._likely_cause(terms)}. {self._kept()} "
+            "(train.divergence_factor: null turns this check off.)"
         )
 
 

@@ -1,13 +1,16 @@
 """``pyro_vae.train``: resolve a config (or continue a run), build the run, train it."""
 
+import contextlib
 import os
+import shutil
 
+from . import atomic, distributed
 from . import config as configuration
-from . import distributed
-from .errors import RunError
+from .errors import ConfigError, RunError, TrainingDiverged
 from .estimators import ESTIMATORS
 from .figures import write_training_figure
 from .rundir import RunDir
+from .runlock import RunLock
 from .runs import Run
 from .trainer import Trainer
 
@@ -27,6 +30,12 @@ def train(config=None, out_dir="runs/default", overrides=(), resume=False, progr
     checkpoint (the config saved there is used, updated by ``config`` and ``overrides``)
     and ends with the same parameters as an uninterrupted run. At the end the main
     process writes ``figures/reconstructions.png``. Returns the :class:`~pyro_vae.runs.Run`.
+
+    The main process holds the run directory's :class:`~pyro_vae.runlock.RunLock` from its
+    first write to the end: a second writer is refused with a message naming this process.
+    A new run that fails before its first checkpoint leaves no directory behind; a resume
+    that diverges (:class:`~pyro_vae.errors.TrainingDiverged`) leaves ``config.yaml`` as it
+    was.
     """
     rundir = RunDir(out_dir)
     if resume:
@@ -45,6 +54,41 @@ def train(config=None, out_dir="runs/default", overrides=(), resume=False, progr
         config["data"]["root"] = os.path.abspath(os.path.expanduser(root))
     configuration.check(config)  # plain values, then the estimator: bad input fails before any write
     ESTIMATORS.build(config["eval"]["estimator"], num_samples=config["eval"]["num_samples"])
+    if resume:
+        _check_same_model(base["model"], config["model"])
     ctx = distributed.setup()
+    fresh = ctx.is_main and not rundir.path.exists()
+    try:
+        with contextlib.ExitStack() as held:
+            if ctx.is_main:  # one writer per run directory, from the first write to the end
+                rundir.create()
+                held.enter_context(RunLock(rundir.path))
+                if not resume and rundir.holds_run():  # another process finished one meanwhile
+                    raise RunError(f"'{rundir.path}' already holds a run; pass --resume to continue it.")
+            return _fit(config, model, rundir, resume, progress, ctx)
+    except Exception:
+        if fresh and not rundir.checkpoints.paths():  # nothing worth keeping: leave no run behind
+            shutil.rmtree(rundir.path, ignore_errors=True)
+        raise
+
+
+def _fit(config, model, rundir, resume, progress, ctx):
+    """Build the run and train it; a resume that diverges leaves ``config.yaml`` as it was."""
     run = Run.build(config, model, ctx.local_rank if ctx.enabled else None)
-    return Trainer(run, rundir, progress, ctx, on_end=[write_training_figure]).fit(resume)
+    trainer = Trainer(run, rundir, progress, ctx, on_end=[write_training_figure])
+    saved = rundir.config_path.read_text(encoding="utf-8") if resume and ctx.is_main else None
+    try:
+        return trainer.fit(resume)
+    except TrainingDiverged:
+        if saved is not None:
+            atomic.write_text(rundir.config_path, saved)
+        raise
+
+
+def _check_same_model(stored, new):
+    """A resumed run keeps its model: its checkpoints hold parameters of that shape."""
+    changed = [f"model.{key}: {stored.get(key)!r} -> {new.get(key)!r}"
+               for key in sorted(set(stored) | set(new)) if stored.get(key) != new.get(key)]
+    if changed:
+        raise ConfigError(f"--resume cannot change the model ({'; '.join(changed)}): the run's checkpoints "
+                          "hold a model of the stored shape. Start a new run with another --out instead.")

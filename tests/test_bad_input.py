@@ -217,8 +217,12 @@ def test_beta_schedules_reject_non_finite_options(spec):
         BETA_SCHEDULES.build(spec)
 
 
-def test_divergence_in_the_first_epoch_leaves_no_run_dir(capsys, tmp_path):
-    train_refused(capsys, tmp_path, "--set", "optim.lr=1.0e+300", fragments=["NaN or infinite"])
+def test_divergence_in_the_first_epoch_exits_3_and_leaves_no_run_dir(capsys, tmp_path):
+    out = tmp_path / "run"
+    status, err = cli(capsys, "train", "--out", out, *TINY, "--set", "optim.lr=1.0e+300")
+    assert status == 3 and err.startswith("pyro-vae train: training diverged: "), err  # 2 means bad input
+    assert "NaN or infinite" in err and "Traceback" not in err and "\n\n" not in err.strip()
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------------------
@@ -447,9 +451,8 @@ def test_cli_evaluate_with_only_corrupt_checkpoints_exits_2(capsys, run_copy, da
         damaged = {"truncate": data[: len(data) // 2], "garbage": b"not a checkpoint", "empty": b""}
         path.write_bytes(damaged[damage])
     before = files(run_copy)
-    with pytest.warns(UserWarning, match="cannot be loaded"):
-        status, err = cli(capsys, "evaluate", run_copy, "--no-progress")
-    assert_refused(status, err, "evaluate", "no loadable checkpoint")
+    status, err = cli(capsys, "evaluate", run_copy, "--no-progress")
+    assert_refused(status, err, "evaluate", "cannot be loaded", "no loadable checkpoint")
     assert files(run_copy) == before
 
 
@@ -471,15 +474,15 @@ def test_checkpoint_that_is_not_a_training_state_is_refused(capsys, run_copy, co
     with pytest.raises(CheckpointError, match="not a pyro-vae training checkpoint") as error:
         load_checkpoint(paths[0])
     assert problem in str(error.value)
-    with pytest.warns(UserWarning, match="not a pyro-vae training checkpoint"):
-        assert_refused(*cli(capsys, "evaluate", run_copy, "--no-progress"), "evaluate", "no loadable")
+    assert_refused(*cli(capsys, "evaluate", run_copy, "--no-progress"), "evaluate",
+                   "not a pyro-vae training checkpoint", "no loadable")
 
 
-def test_newest_checkpoint_not_a_training_state_falls_back_to_previous(run_copy):
+def test_newest_checkpoint_not_a_training_state_falls_back_to_previous(run_copy, capsys):
     newest, previous = CheckpointDir(run_copy / "checkpoints").paths()
     torch.save({"epoch": 2}, newest)
-    with pytest.warns(UserWarning, match="Falling back"):
-        assert CheckpointDir(run_copy / "checkpoints").load_latest()["epoch"] == 1
+    assert CheckpointDir(run_copy / "checkpoints").load_latest()["epoch"] == 1
+    assert f"Falling back to '{previous}'" in capsys.readouterr().err
 
 
 def test_checkpoint_with_a_pickle_is_refused_and_never_run(capsys, run_copy, tmp_path):
@@ -489,8 +492,8 @@ def test_checkpoint_with_a_pickle_is_refused_and_never_run(capsys, run_copy, tmp
         buffer = io.BytesIO()
         torch.save({**state, "extra": _Exploit(marker)}, buffer, pickle_module=pickle)
         path.write_bytes(buffer.getvalue())
-    with pytest.warns(UserWarning, match="cannot be loaded"):
-        assert_refused(*cli(capsys, "evaluate", run_copy, "--no-progress"), "evaluate", "no loadable")
+    assert_refused(*cli(capsys, "evaluate", run_copy, "--no-progress"), "evaluate", "cannot be loaded",
+                   "no loadable")
     assert not marker.exists()
 
 
