@@ -5,7 +5,9 @@
     RUN_DIR/
       config.yaml       the resolved config, with ``data_info`` (the data's shape and preprocessing)
       metrics.jsonl     one JSON record per epoch
-      checkpoints/      epoch-NNNN.pt, the newest two (:class:`~pyro_vae.checkpoints.CheckpointDir`)
+      checkpoints/      epoch-NNNN.pt: the newest two and the best (best.json), see
+                        :class:`~pyro_vae.checkpoints.CheckpointDir`
+      .lock             held by the process that trains the run (:mod:`pyro_vae.runlock`)
       train_stats.pt    per-feature mean of the training split (the independent-pixel baseline)
       eval.json         the summary of ``pyro-vae evaluate``
       eval_points.pt    its per-point results

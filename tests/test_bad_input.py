@@ -501,7 +501,8 @@ def test_cli_evaluate_checkpoint_that_does_not_fit_the_config_exits_2(capsys, ru
     config = yaml.safe_load((run_copy / "config.yaml").read_text())
     config["model"]["latent_dim"] = 5
     (run_copy / "config.yaml").write_text(yaml.safe_dump(config))
-    assert_refused(*cli(capsys, "evaluate", run_copy, "--no-progress"), "evaluate", "checkpoint")
+    assert_refused(*cli(capsys, "evaluate", run_copy, "--no-progress"), "evaluate", "checkpoint",
+                   "size mismatch for encoder")  # the detail, not only its first line
 
 
 def test_cli_resume_with_only_corrupt_checkpoints_exits_2(capsys, run_copy):

@@ -38,6 +38,13 @@ def test_ctrl_c_says_what_each_command_left(run_dir, monkeypatch, capsys, comman
     assert said in err and "--resume" not in err and "Traceback" not in err
 
 
+def test_ctrl_c_during_start_up_is_no_traceback(monkeypatch, capsys):
+    monkeypatch.setattr("pyro_vae.config.load_yaml", _interrupt)
+    assert main(["train", "--config", "any.yaml"]) == 130
+    err = capsys.readouterr().err
+    assert err == "pyro-vae train: interrupted; nothing was written.\n"
+
+
 def test_ctrl_c_during_training_names_the_newest_checkpoint_or_none(tmp_path, monkeypatch, capsys):
     from pyro_vae.trainer import Trainer
 
