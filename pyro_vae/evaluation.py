@@ -66,7 +66,8 @@ def estimated_seconds(spec, num_samples, model, guide, x, batch_size, world_size
     with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
         warnings.simplefilter("ignore", EstimatorWarning)
         timed(low)  # warm-up: first-call costs (tracing, allocations) are not the evaluation's
-        t_low, t_high = timed(low), timed(high)
+        t_low = timed(low)
+        t_high = timed(high) if high > low else t_low
     slope = (t_high - t_low) / (high - low) if high > low else 0.0
     per_batch = t_high + max(slope, 0.0) * (num_samples - high)
     return per_batch * len(x) / (len(first) * world_size)

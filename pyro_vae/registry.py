@@ -9,7 +9,6 @@ constructor that declares a ``context`` parameter receives it; one that does not
 sees it, so existing parts need no change when the context grows.
 """
 
-import dataclasses
 import difflib
 import inspect
 from dataclasses import dataclass
@@ -36,10 +35,6 @@ class BuildContext:
     data_shape: tuple | None = None
     device: Any = None
     splits: tuple = SPLITS
-
-    def replace(self, **changes):
-        """A copy with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
 
 
 def suggest(word, choices):
