@@ -59,7 +59,7 @@ def schedules(epochs):
 def score(run, run_dir):
     """Test-split numbers of a trained run."""
     summary = latent_summary(run.vae.eval(), run.test)
-    scores = score_run(run, split="test", num_bins=NUM_BINS)
+    scores = score_run(run, split="test", num_bins=NUM_BINS, metrics=("mig", "dci"), regressor="extra-trees")
     codes = latent_codes(run.vae, run.test)
     return {
         "test_elbo": summary["val_elbo"],

@@ -29,12 +29,16 @@ _LAZY = {
     "OBJECTIVES": "objectives",
     "PRIORS": "priors",
     "VAE": "model",
+    "encode": "encoding",
+    "encode_run": "encoding",
     "evaluate": "evaluation",
+    "interpolate": "interpolation",
     "load_dataset": "data",
     "load_model": "runs",
     "load_run": "runs",
     "log_likelihood": "marginal",
     "naive_log_likelihood": "marginal",
+    "posterior_predictive": "predictive",
     "train": "training",
 }
 """Public name -> the submodule that defines it."""

@@ -22,7 +22,7 @@ from pyro.infer.util import get_dependent_plate_dims, is_validation_enabled, tor
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
-from torch.distributions import kl_divergence
+from torch.distributions import Independent, kl_divergence
 
 
 def _detach(value):
@@ -239,3 +239,97 @@ class IWAE(RenyiELBO):
         normalized_weights = (log_weights - log_mean_weight).exp()
         surrogate_loss = -(normalized_weights * surrogates).sum() / self.num_particles
         return surrogate_loss + (-log_mean_weight.sum() - surrogate_loss).detach()
+
+
+def univariate_base(fn):
+    """The univariate base of an ``Independent(base, 1)`` distribution, or None."""
+    if isinstance(fn, Independent) and fn.reinterpreted_batch_ndims == 1 and fn.base_dist.event_shape == ():
+        return fn.base_dist
+    return None
+
+
+def _has_closed_form_kl(q, p):
+    try:
+        kl_divergence(q, p)
+    except NotImplementedError:
+        return False
+    return True
+
+
+class FreeBitsELBO(Trace_ELBO):
+    """The ELBO with free bits (Kingma et al. 2016), for reparameterised guides.
+
+    For a batch of N points (and K vectorised particles), with KL̄_{l,g} the KL term of group g
+    of latent layer l averaged over the batch and the particles (g: one latent dimension with
+    ``per="dimension"``, the whole layer with ``per="layer"``), the loss per particle is
+
+        −Σ_n log p(x_n|z_n) + Σ_l β_l · N · Σ_g max(λ, KL̄_{l,g}),
+
+    so a group whose average KL is below λ nats contributes the constant λ and no gradient:
+    the optimiser gains nothing from pushing it further towards the prior. With λ = 0 the
+    loss is the negative ELBO. The KL term of a group is the closed form KL(q ‖ p) where torch
+    has one for the site (``analytic=True``, the objective ``elbo-analytic``), else the Monte
+    Carlo term log q(z|·) − log p(z|·) at the drawn z (the objective ``elbo``). β_l is the
+    site's scale (``poutine.scale``); sites masked out (β = 0) are dropped.
+    """
+
+    def __init__(self, free_bits, per="dimension", analytic=False, **kwargs):
+        super().__init__(**kwargs)
+        self.free_bits = float(free_bits)
+        self.per = per
+        self.analytic = analytic
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        total = None
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            total = _plus(total, self._particle(model_trace, guide_trace))
+        return total / self.num_particles
+
+    def loss(self, model, guide, *args, **kwargs):
+        with torch.no_grad():
+            loss = torch_item(self.differentiable_loss(model, guide, *args, **kwargs))
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if getattr(loss, "requires_grad", False):
+            loss.backward(retain_graph=self.retain_graph)
+        loss = torch_item(loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def _particle(self, model_trace, guide_trace):
+        loss = None
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            guide_site = guide_trace.nodes.get(name)
+            if site["is_observed"] or guide_site is None:  # log p(x|z), or a latent of the model only
+                loss = _minus(loss, site["log_prob_sum"])
+                continue
+            if guide_site["mask"] is False:
+                continue
+            if not guide_site["fn"].has_rsample:
+                raise NotImplementedError(f"free bits need a reparameterised guide site, not {name!r}")
+            kl = self._kl(site, guide_site)  # (..., groups), batch and particle dims first
+            groups = kl.reshape(-1, kl.shape[-1])
+            term = groups.mean(0).clamp(min=self.free_bits).sum() * len(groups)
+            loss = _plus(loss, term * guide_site["scale"])
+        return 0.0 if loss is None else loss
+
+    def _kl(self, model_site, guide_site):
+        """The unscaled KL term of a site per point, one column per group."""
+        q, p, value = guide_site["fn"], model_site["fn"], guide_site["value"]
+        analytic = self.analytic and _has_closed_form_kl(q, p)
+        if self.per == "dimension":
+            q, p = univariate_base(q), univariate_base(p)
+            if q is None or p is None:
+                raise NotImplementedError(
+                    f"free bits per dimension need factorised distributions at site {guide_site['name']!r} "
+                    "(Independent over one dimension) in the model and the guide; use free_bits_per: layer")
+        if analytic:
+            kl = kl_divergence(q, p)
+        else:
+            kl = q.log_prob(value) - p.log_prob(value)
+        return kl if self.per == "dimension" else kl.unsqueeze(-1)

@@ -12,8 +12,9 @@ replays the model on them, which gives per draw
 * :math:`\log p(x_n \mid z_{nk})` (``log_likelihood.x``).
 
 The draws are from the **proposal** q, not from the exact posterior p(z | x): reweight
-them with ``exp(log_weight)`` (normalised per point, or Pareto-smoothed, e.g.
-``arviz.psislw``) for posterior expectations. Groups and dimensions (one chain):
+them with ``exp(log_weight)`` (normalised per point, or Pareto-smoothed: ``arviz.psislw``
+on ``log_weight.stack(__sample__=("chain", "draw"))``) for posterior
+expectations. Groups and dimensions (one chain):
 
 ==================  ============================================  ===============================
 group               variable                                      dims
@@ -21,6 +22,8 @@ group               variable                                      dims
 ``posterior``       each latent site (``z`` or ``z1`` … ``zL``)   chain, draw, point, ``<site>_dim``
 ``sample_stats``    ``log_weight``, ``log_q``                     chain, draw, point
 ``log_likelihood``  ``x``                                         chain, draw, point
+``constant_data``   ``eval_<name>``: an evaluation's per-point    point
+                    values (optional, ``estimates``)
 ==================  ============================================  ===============================
 
 The ``point`` coordinate holds ``point_index`` (default ``0 … N−1``). ArviZ 0.x returns an
@@ -90,7 +93,7 @@ def _draws(vae, x, num, nesting):
     return latents, log_joint - log_q, log_q, log_lik
 
 
-def to_inference_data(vae, x, num_samples=100, point_index=None, batch_size=None, seed=None):
+def to_inference_data(vae, x, num_samples=100, point_index=None, batch_size=None, seed=None, estimates=None):
     """``num_samples`` draws of every latent site from q(z | x_n) for each point of ``x``, with
     importance weights, as ArviZ data (see the module docstring for groups and dims).
 
@@ -102,6 +105,9 @@ def to_inference_data(vae, x, num_samples=100, point_index=None, batch_size=None
             points' indices in their split.
         batch_size: points per model call (default: about 4M data elements × draws per call).
         seed: seed for the draws (``None``: the current RNG state).
+        estimates: per-point values of an evaluation (``{name: (N,) tensor}``, e.g. an
+            estimator result's ``per_point()``: AIS ``log_px``, ``stderr``, ``accept``, ...),
+            added as ``constant_data.eval_<name>`` with dims ``point``.
     """
     if not torch.is_tensor(x) or x.dim() < 1 or len(x) == 0:
         raise DataError("x must be a non-empty tensor of data points, shaped (N, *data_shape).")
@@ -139,6 +145,11 @@ def to_inference_data(vae, x, num_samples=100, point_index=None, batch_size=None
     for s in sites:
         coords[f"{s}_dim"] = np.arange(posterior[s].shape[-1])
     groups = {"posterior": posterior, "sample_stats": sample_stats, "log_likelihood": log_likelihood}
+    if estimates:
+        if any(tuple(v.shape) != (n,) for v in estimates.values()):
+            raise DataError(f"estimates must hold one value per data point ({n}) for each name.")
+        groups["constant_data"] = {f"eval_{k}": v.double().cpu().numpy() for k, v in estimates.items()}
+        dims.update({f"eval_{k}": ["point"] for k in estimates})
     idata = _from_dict(groups, coords, dims)
     idata.posterior.attrs.update(
         draws_from="the guide q(z|x); importance weights in sample_stats.log_weight",

@@ -14,7 +14,7 @@ import yaml
 
 from .errors import ConfigError
 from .registry import suggest
-from .validation import check_int, check_number, is_integer
+from .validation import check_bool, check_int, check_number, is_integer
 
 DEFAULTS = {
     "seed": 0,
@@ -26,8 +26,9 @@ DEFAULTS = {
         "likelihood": "bernoulli",
         "encoder": {"name": "mlp", "hidden": [128], "activation": "relu"},
         "decoder": {"name": "mlp", "hidden": [128], "activation": "relu"},
-        "latent_network": {"name": "mlp", "hidden": [100, 100], "activation": "tanh"},
+        "latent_network": {"name": "mlp", "hidden": [100, 100], "activation": "tanh", "batch_norm": True},
         "inference": "bottom-up",
+        "skip_connections": False,
     },
     "objective": {"name": "elbo", "num_particles": 1},
     "beta_schedule": {"name": "constant", "beta": 1.0},
@@ -38,6 +39,9 @@ DEFAULTS = {
     "train": {"epochs": 40, "batch_size": 64, "validate_every": 1, "mixed_precision": None,
               "divergence_factor": 100.0},
     "eval": {"estimator": "importance", "num_samples": 1000, "batch_size": 100},
+    # tracking: copies of metrics.jsonl in TensorBoard / MLflow (optional extras; see pyro_vae.tracking)
+    "tracking": {"tensorboard": False, "mlflow": False, "mlflow_uri": None, "mlflow_experiment": "pyro-vae",
+                 "images_every": 5},
 }
 
 SPEC_KEYS = {
@@ -129,18 +133,31 @@ def load_yaml(path):
     return content
 
 
-def parse_override(text):
-    """``"model.latent_dim=16"`` -> ``{"model": {"latent_dim": 16}}`` (value parsed as YAML)."""
+def parse_option(text, example="num_steps=1000", what="option"):
+    """``"key=value"`` -> ``(key, value)``, the value parsed as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise ConfigError(f"An override must look like key=value (e.g. train.epochs=5), got {text!r}.")
+        raise ConfigError(f"An {what} must look like key=value (e.g. {example}), got {text!r}.")
     try:
-        value = yaml.load(raw, Loader=_Loader)
+        return key, yaml.load(raw, Loader=_Loader)
     except yaml.YAMLError:
-        raise ConfigError(f"The value in override {text!r} is not valid YAML.") from None
+        raise ConfigError(f"The value in {what} {text!r} is not valid YAML.") from None
+
+
+def parse_override(text):
+    """``"model.latent_dim=16"`` -> ``{"model": {"latent_dim": 16}}`` (value parsed as YAML)."""
+    key, value = parse_option(text, "train.epochs=5", "override")
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
+
+
+def stored_run_defaults():
+    """The defaults a stored run's ``config.yaml`` is read against: :data:`DEFAULTS`, except
+    that an option added after runs were written takes the value that keeps those runs as
+    they were trained (a stored config holds every key, so only older runs lack one):
+    ``batch_norm`` of the latent networks, on by default since it came, was off before."""
+    return merge(DEFAULTS, {"model": {"latent_network": {"batch_norm": False}}})
 
 
 def resolve(user_config=None, overrides=(), base=DEFAULTS):
@@ -193,4 +210,17 @@ def check(config):
         ("eval", "batch_size"),
     ]:
         check_int({"train": train, "eval": evaluation}[section][key], f"{section}.{key}")
+    _check_tracking(config["tracking"])
     return config
+
+
+def _check_tracking(tracking):
+    """The ``tracking`` section: two switches, an optional URI, a name and an image interval."""
+    for backend in ("tensorboard", "mlflow"):
+        check_bool(tracking[backend], f"tracking.{backend}")
+    for key, allow_none in (("mlflow_uri", True), ("mlflow_experiment", False)):
+        value = tracking[key]
+        if not (isinstance(value, str) and value) and not (allow_none and value is None):
+            raise ConfigError(f"tracking.{key} must be a {'URI string or null' if allow_none else 'name'}, "
+                              f"got {value!r}.")
+    check_int(tracking["images_every"], "tracking.images_every (epochs between images; 0: none)", minimum=0)

@@ -5,8 +5,10 @@ unscaled densities (β excluded):
 
 * reconstruction  E_q[log p(x|z_1)];
 * KL of layer l   E_q[log q(z_l|·) − log p(z_l|·)] (a Monte Carlo estimate, valid for any prior);
-* active units of layer l: dimensions whose posterior mean varies across the data,
-  Cov_x(E_q[z_l]) > 0.01 (Burda et al. 2015), a detector of collapsed layers.
+* active units of layer l (:func:`mean_variances`): dimensions whose posterior mean varies
+  across the data, Cov_x(E_q[z_l|x]) > 0.01 (Burda et al. 2015), a detector of collapsed
+  layers; E_q[z_l|x] is the mean under q of z_l *marginally*, i.e. averaged over the draws
+  of the sites q draws before it (see :func:`mean_variances` for the estimator).
 
 The ELBO per point is reconstruction − Σ_l KL_l (:func:`elbo_terms`, :func:`latent_summary`).
 
@@ -17,11 +19,15 @@ else the variance of the posterior means).
 """
 
 import torch
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Normal, kl_divergence
 
+from ._lean_elbo import univariate_base
+from .networks import eval_mode
 from .traces import latent_sites, log_densities, per_point, trace_model_and_guide
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+ACTIVE_UNIT_DRAWS = 16
+"""Draws of the guide per point that estimate E_q[z_l|x] for sites drawn after another."""
 
 
 @torch.no_grad()
@@ -48,35 +54,81 @@ def elbo_terms(vae, x):
 
 @torch.no_grad()
 def latent_summary(vae, x, batch_size=1000):
-    """Means over ``x`` of the ELBO, reconstruction and per-layer KL, and active units per layer."""
-    parts = [elbo_terms(vae, xb) for xb in x.split(batch_size)]
+    """Means over ``x`` of the ELBO, reconstruction and per-layer KL (one draw of z per point),
+    and active units per layer (:func:`mean_variances` above :data:`ACTIVE_UNIT_THRESHOLD`),
+    with ``vae`` in eval mode."""
+    with eval_mode(vae):
+        parts = [elbo_terms(vae, xb) for xb in x.split(batch_size)]
     recon = torch.cat([p["recon"] for p in parts])
     kl = {site: torch.cat([p["kl"][site] for p in parts]) for site in parts[0]["kl"]}
-    means = {site: torch.cat([p["means"][site] for p in parts]) for site in parts[0]["means"]}
     total_kl = sum(kl.values())
     return {
         "val_elbo": (recon - total_kl).mean().item(),
         "val_recon": recon.mean().item(),
         "val_kl": {site: value.mean().item() for site, value in kl.items()},
-        "active_units": {
-            site: int((m.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if len(m) > 1 else 0
-            for site, m in means.items()
-        },
+        "active_units": {site: int((variance > ACTIVE_UNIT_THRESHOLD).sum())
+                         for site, variance in mean_variances(vae, x, batch_size=batch_size).items()},
     }
+
+
+@torch.no_grad()
+def mean_variances(vae, x, num_draws=ACTIVE_UNIT_DRAWS, batch_size=1000):
+    """Cov_x(E_q[z_l|x]) per dimension of every latent site with a mean: ``{site: (d,) tensor}``.
+
+    By the tower rule E_q[z_l|x] = E_q[ m_l(pa_l) ] with m_l(pa_l) the mean of the guide's
+    distribution of z_l given the sites drawn before it (pa_l: z_{l−1} in a bottom-up guide,
+    z_{l+1} in a top-down one). The guide runs ``num_draws`` times per point (in eval mode, so
+    batch normalisation uses its running statistics and does not update them):
+
+    * a site whose m_l is the same in every draw (the first site drawn: q(z_1|x) bottom-up,
+      q(z_L|x) top-down, a one-layer VAE) has E_q[z_l|x] = m_l exactly: its variance over x;
+    * for the others, the draws are split into halves A, B with averages m̄_A, m̄_B, and the
+      covariance over x of m̄_A with m̄_B is returned. The variance of one average would add
+      E_x Var_q[m_l]/(draws) (the noise of the draws, what a single draw at the sampled
+      parents adds in full); the two halves are independent given x, so their covariance
+      over x is an unbiased estimate of Var_x(E_q[z_l|x]).
+
+    A model with one latent site (``vae.sites``) needs no repeated draws and gets two.
+    """
+    if num_draws < 2 or num_draws % 2:
+        raise ValueError(f"num_draws must be even and at least 2, got {num_draws}.")
+    if len(getattr(vae, "sites", ())) == 1:
+        num_draws = 2
+    with eval_mode(vae):
+        parts = [_conditional_means(vae, xb, num_draws) for xb in x.split(max(1, batch_size // num_draws))]
+    out = {}
+    for site in parts[0]:
+        draws = torch.cat([p[site] for p in parts], dim=1).double()  # (draws, N, d)
+        if len(x) < 2:
+            out[site] = torch.zeros(draws.shape[-1], dtype=draws.dtype)
+        elif bool((draws == draws[:1]).all()):
+            out[site] = draws[0].var(0)
+        else:
+            half_a, half_b = (h.mean(0) for h in draws.chunk(2))
+            out[site] = ((half_a - half_a.mean(0)) * (half_b - half_b.mean(0))).sum(0) / (len(x) - 1)
+    return {site: value.cpu() for site, value in out.items()}
+
+
+def _conditional_means(vae, x, num_draws):
+    """``{site: (num_draws, N, d)}``: the mean of q(z_l | sites drawn before it) in each draw."""
+    xs = x.repeat((num_draws,) + (1,) * (x.dim() - 1))
+    model_trace, guide_trace = trace_model_and_guide(vae.model, vae.guide, xs)
+    means = {}
+    for name, (_, q) in latent_sites(model_trace, guide_trace).items():
+        try:
+            mean = per_point(q["fn"].mean, q, len(xs))
+        except (NotImplementedError, RuntimeError):
+            continue
+        means[name] = mean.reshape(num_draws, len(x), -1)
+    return means
 
 
 @torch.no_grad()
 def posterior_means(vae, x, batch_size=1024):
     """Means of q for every layer along the path of means: ``{site: (N, d) tensor}``."""
-    parts = [vae.encode_layers(xb) for xb in x.split(batch_size)]
+    with eval_mode(vae):
+        parts = [vae.encode_layers(xb) for xb in x.split(batch_size)]
     return {site: torch.cat([p[layer][0] for p in parts]) for layer, site in enumerate(vae.sites)}
-
-
-def _factorised(fn):
-    """The univariate base of a ``Independent(base, 1)`` distribution, or None."""
-    if isinstance(fn, Independent) and fn.reinterpreted_batch_ndims == 1 and fn.base_dist.event_shape == ():
-        return fn.base_dist
-    return None
 
 
 @torch.no_grad()
@@ -99,7 +151,7 @@ def kl_per_dimension(vae, x, num_particles=8, batch_size=512):
         for site in vae.sites:
             if sums[site] is None:
                 continue
-            q, p = _factorised(guide.nodes[site]["fn"]), _factorised(model.nodes[site]["fn"])
+            q, p = univariate_base(guide.nodes[site]["fn"]), univariate_base(model.nodes[site]["fn"])
             if q is None or p is None:
                 sums[site] = None
                 continue

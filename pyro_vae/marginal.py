@@ -66,8 +66,13 @@ __all__ = [
     "ImportanceSamplingWarning",
     "MarginalLikelihood",
     "log_likelihood",
+    "mean_and_stderr",
     "naive_log_likelihood",
 ]
+
+STDERR_KHAT = 0.5
+"""Above this Pareto k̂ the weights have infinite variance and ``stderr`` understates the error
+(the estimate itself stays usable up to ``khat_threshold``); see :func:`warn_if_unreliable`."""
 
 # Per model call, at most this many float elements of data x particles (about 16 MB of
 # float32 for a tensor the size of the data); the (particle, point) pairs are clamped below.
@@ -147,28 +152,8 @@ class MarginalLikelihood:
         return float(self.bad_khat.double().mean()) if self.num_points else 0.0
 
     def mean(self) -> tuple[float, float]:
-        r"""Data-set mean of ``log_px`` and its standard error.
-
-        .. math::
-
-            \bar\ell = \frac1N \sum_n \log\hat p(x_n), \qquad
-            \mathrm{se}(\bar\ell) = \sqrt{\frac{s^2}{N} + \frac{1}{N}\cdot\frac1N\sum_n
-            \mathrm{se}_n^2},
-
-        with :math:`s^2` the sample variance (ddof 1) of ``log_px`` over the points (the
-        spread of the data, taken as 0 for ``N = 1``) and :math:`\mathrm{se}_n` the per-point
-        Monte Carlo standard errors. The first term is the sampling error of the data set,
-        the second the Monte Carlo error of the estimates; since :math:`s^2` already contains
-        the Monte Carlo variance, the sum is conservative. For large ``K`` the second term
-        is negligible.
-        """
-        n = self.num_points
-        if n == 0:
-            return math.nan, math.nan
-        lp = self.log_px.double()
-        data_var = float(lp.var(unbiased=True)) if n > 1 else 0.0
-        mc_var = float((self.stderr.double() ** 2).mean())
-        return float(lp.mean()), math.sqrt(data_var / n + mc_var / n)
+        """Data-set mean of ``log_px`` and its standard error (:func:`mean_and_stderr`)."""
+        return mean_and_stderr(self.log_px, self.stderr)
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (plain Python ``float``/``int`` values).
@@ -187,10 +172,36 @@ class MarginalLikelihood:
             "khat_mean": float(finite.mean()) if finite.numel() else math.nan,
             "khat_median": _median(not_nan),
             "khat_frac_bad": self.khat_frac_bad,
+            "khat_frac_over_half": float((k > STDERR_KHAT).double().mean()) if self.num_points else 0.0,
             "ess_mean": float(self.ess.double().mean()) if self.num_points else math.nan,
             "num_samples": int(self.num_samples),
             "num_points": self.num_points,
         }
+
+
+def mean_and_stderr(log_px: torch.Tensor, stderr: torch.Tensor) -> tuple[float, float]:
+    r"""Data-set mean of per-point estimates ``log_px`` and its standard error.
+
+    .. math::
+
+        \bar\ell = \frac1N \sum_n \log\hat p(x_n), \qquad
+        \mathrm{se}(\bar\ell) = \sqrt{\frac{s^2}{N} + \frac{1}{N}\cdot\frac1N\sum_n
+        \mathrm{se}_n^2},
+
+    with :math:`s^2` the sample variance (ddof 1) of ``log_px`` over the points (the
+    spread of the data, taken as 0 for ``N = 1``) and :math:`\mathrm{se}_n` the per-point
+    Monte Carlo standard errors ``stderr``. The first term is the sampling error of the data
+    set, the second the Monte Carlo error of the estimates; since :math:`s^2` already contains
+    the Monte Carlo variance, the sum is conservative. For large ``K`` the second term is
+    negligible.
+    """
+    n = int(log_px.shape[0])
+    if n == 0:
+        return math.nan, math.nan
+    lp = log_px.double()
+    data_var = float(lp.var(unbiased=True)) if n > 1 else 0.0
+    mc_var = float((stderr.double() ** 2).mean())
+    return float(lp.mean()), math.sqrt(data_var / n + mc_var / n)
 
 
 def _median(values: torch.Tensor) -> float:
@@ -440,7 +451,14 @@ def _estimate(
 
 
 def warn_if_unreliable(result: MarginalLikelihood) -> None:
-    """Warn (:class:`ImportanceSamplingWarning`) about points whose estimate cannot be trusted."""
+    """Warn (:class:`ImportanceSamplingWarning`) about points whose estimate cannot be trusted.
+
+    The rule, measured on linear-Gaussian models with known log p(x) by
+    ``benchmarks/khat_calibration.py``: with k̂ ≤ :data:`STDERR_KHAT` (0.5) the standard
+    error is calibrated; with 0.5 < k̂ ≤ ``khat_threshold`` the estimate is nearly unbiased
+    but its standard error is too small (one warning); above the threshold the estimate
+    itself is unreliable (another warning).
+    """
     n_zero = int((result.log_px == -math.inf).sum())
     if n_zero:
         warnings.warn(
@@ -450,6 +468,16 @@ def warn_if_unreliable(result: MarginalLikelihood) -> None:
             stacklevel=4,
         )
     n_bad = int(result.bad_khat.sum())
+    n_soft = int(((result.khat > STDERR_KHAT) & ~result.bad_khat).sum())
+    if n_soft:
+        warnings.warn(
+            f"Pareto k-hat is between {STDERR_KHAT} and {result.khat_threshold:.2f} for {n_soft} of "
+            f"{result.num_points} data points: their log p(x) is usable, but the importance weights have "
+            "infinite variance, so their stderr understates the error (2 standard errors covered the truth "
+            "for 68-90 % of such points instead of 95 % in benchmarks/khat_calibration.py).",
+            ImportanceSamplingWarning,
+            stacklevel=4,
+        )
     if n_bad == 0:
         return
     k = result.num_samples

@@ -7,7 +7,10 @@ One latent layer (``latent_dim=20``) has the site ``"z"``. A hierarchy
 
 and a guide chosen by ``inference``:
 
-* ``"bottom-up"`` (Burda et al. 2015): q(z_1|x) q(z_2|z_1) … q(z_L|z_{L−1});
+* ``"bottom-up"`` (Burda et al. 2015): q(z_1|x) q(z_2|z_1) … q(z_L|z_{L−1}); the layers below
+  the top carry no closed-form KL to the model's p(z_l|z_{l+1}) (which depends on z_{l+1},
+  drawn after z_l), so ``TraceMeanField_ELBO`` uses the Monte Carlo term for them and the
+  ELBO stays unbiased;
 * ``"top-down"`` (ladder, Sønderby et al. 2016): a deterministic bottom-up pass gives
   (μ̂_l, σ̂_l²) per layer from the same networks fed with means; then from the top,
   q(z_L|x) = N(μ̂_L, σ̂_L²) and q(z_l | z_{l+1}, x) is the precision-weighted product of
@@ -31,13 +34,14 @@ import torch
 import torch.nn as nn
 from pyro import poutine
 from pyro.infer.util import is_validation_enabled
+from torch.distributions import register_kl
 
-from .distributions import diagonal_normal
+from .distributions import _DiagonalNormal, diagonal_normal
 from .errors import ConfigError, DataError
 from .likelihoods import build_likelihood
-from .networks import build_network
+from .networks import build_network, eval_mode
 from .priors import build_prior
-from .validation import check_choice, check_ints, check_number
+from .validation import check_choice, check_int, check_ints, check_number
 
 LOGVAR_BOUND = 30.0
 """``|log σ²|`` of Gaussian latents is clamped to this bound, so exp() cannot overflow."""
@@ -59,6 +63,22 @@ def check_beta(beta):
     return check_number(beta, "beta", minimum=0)
 
 
+class _MonteCarloKLNormal(_DiagonalNormal):
+    """A diagonal Gaussian guide site whose KL to the model's site has no closed form here.
+
+    In a bottom-up guide, z_l (l < L) is drawn *before* z_{l+1}, on which the model's
+    p(z_l|z_{l+1}) depends; E_q[log q(z_l|·) − log p(z_l|z_{l+1})] is then not
+    E_q[KL(q(z_l|·) ‖ p(z_l|z_{l+1}))] at the drawn z_{l+1} (z_{l+1} depends on z_l).
+    Raising ``NotImplementedError`` for that pair makes ``TraceMeanField_ELBO`` (the
+    objective ``elbo-analytic``) use the Monte Carlo term for these sites, which is correct.
+    """
+
+
+@register_kl(_MonteCarloKLNormal, _DiagonalNormal)
+def _no_closed_form_kl(q, p):
+    raise NotImplementedError("the model's site depends on guide sites drawn after this one")
+
+
 def gaussian_params(output):
     """Split a network output ``(*batch, 2, d)`` into mean and bounded log-variance."""
     loc, logvar = output.unbind(-2)
@@ -76,8 +96,11 @@ class VAE(nn.Module):
         likelihood: p(x|z_1); a name from :data:`pyro_vae.likelihoods.LIKELIHOODS`, etc.
         encoder, decoder: networks for q(z_1|x) and p(x|z_1) (see :mod:`pyro_vae.networks`).
         latent_network: network spec of the conditional Gaussians between latent layers,
-            p(z_l|z_{l+1}) and q(z_{l+1}|z_l) (hierarchies only).
+            p(z_l|z_{l+1}) and q(z_{l+1}|z_l) (hierarchies only; default: an MLP with two
+            hidden layers of 100 tanh units and batch normalisation, Sønderby et al. 2016).
         inference: ``"bottom-up"`` or ``"top-down"`` (ladder) guide for hierarchies.
+        skip_connections: hierarchies only; if true the decoder sees every layer,
+            p(x | z_1, …, z_L) with input [z_1, …, z_L] concatenated, instead of z_1 alone.
         beta: β ≥ 0, or one per layer; settable between steps (``vae.beta = 4``).
         name: prefix of the parameters in Pyro's param store (``pyro.module``).
 
@@ -108,6 +131,7 @@ class VAE(nn.Module):
         inference="bottom-up",
         beta=1.0,
         name="vae",
+        skip_connections=False,
     ):
         super().__init__()
         self.data_shape = check_ints(data_shape, "data_shape")
@@ -115,19 +139,24 @@ class VAE(nn.Module):
         check_choice(inference, "inference", INFERENCE)
         if not isinstance(name, str) or not name:
             raise ConfigError(f"name (the param-store prefix) must be a non-empty string, got {name!r}.")
+        if not isinstance(skip_connections, bool):
+            raise ConfigError(f"skip_connections must be true or false, got {skip_connections!r}.")
         self.inference = inference
+        self.skip_connections = skip_connections and len(self.latent_dims) > 1
         self.name = name
         self.register_params = True
         self.network_autocast = None
         depth = len(self.latent_dims)
         self.sites = ("z",) if depth == 1 else tuple(f"z{layer}" for layer in range(1, depth + 1))
         self.beta = beta
-        latent_network = latent_network or {"name": "mlp", "hidden": [100, 100], "activation": "tanh"}
+        latent_network = latent_network or {"name": "mlp", "hidden": [100, 100], "activation": "tanh",
+                                            "batch_norm": True}
         dims = self.latent_dims
         self.prior = build_prior(prior, dims[-1])
         self.likelihood = build_likelihood(likelihood, self.data_shape)
         self.encoder = build_network(encoder, self.data_shape, (2, dims[0]))
-        self.decoder = build_network(decoder, (dims[0],), self.likelihood.param_shape)
+        decoder_in = sum(dims) if self.skip_connections else dims[0]
+        self.decoder = build_network(decoder, (decoder_in,), self.likelihood.param_shape)
         # q(z_{l+1} | z_l) and p(z_l | z_{l+1}) for l = 1 … L−1
         self.upward = nn.ModuleList(build_network(latent_network, (dims[i],), (2, dims[i + 1]))
                                     for i in range(depth - 1))
@@ -168,8 +197,10 @@ class VAE(nn.Module):
         return params
 
     def encode(self, x):
-        """The mean and log-variance of the top layer's q along the path of means."""
-        return self.encode_layers(x)[-1]
+        """The mean and log-variance of the top layer's q along the path of means (in eval mode:
+        batch normalisation with its running statistics, so one point can be encoded)."""
+        with eval_mode(self):
+            return self.encode_layers(x)[-1]
 
     def check_input(self, x):
         """With Pyro validation on (its default), raise :class:`~pyro_vae.errors.DataError`
@@ -199,15 +230,32 @@ class VAE(nn.Module):
         if self.register_params:
             pyro.module(self.name, self)
 
-    def model(self, x):
-        """p(z_L) ∏ p(z_l|z_{l+1}) p(x|z_1) with x observed; ``x`` has shape ``(batch, *data_shape)``."""
-        self.check_input(x)
+    def model(self, x=None, batch_size=None):
+        """p(z_L) ∏ p(z_l|z_{l+1}) p(x|z_1) with x observed; ``x`` has shape ``(batch, *data_shape)``.
+
+        With ``x=None`` the model draws ``batch_size`` points: x is sampled from p(x|z_1)
+        (the prior predictive; ``pyro.infer.Predictive(vae.model, num_samples=S)(None,
+        batch_size=N)``). For replicated data given x (the posterior predictive), see
+        :func:`pyro_vae.posterior_predictive`.
+        """
+        if x is None:
+            if batch_size is None:
+                raise DataError("model(x=None) draws x and needs batch_size (the number of points).")
+            size, device = check_int(batch_size, "batch_size"), next(self.parameters()).device
+        else:
+            self.check_input(x)
+            size, device = x.shape[0], x.device
         self._register()
-        with pyro.plate("data", x.shape[0], device=x.device):
-            z = self._sample(-1, self.prior())
+        with pyro.plate("data", size, device=device):
+            zs = [self._sample(-1, self.prior())]
             for layer in reversed(range(len(self.downward))):
-                z = self._sample(layer, diagonal_normal(*gaussian_params(self._net(self.downward[layer], z))))
-            pyro.sample("x", self.likelihood(self._net(self.decoder, z)), obs=x)
+                zs.insert(0, self._sample(layer, diagonal_normal(
+                    *gaussian_params(self._net(self.downward[layer], zs[0])))))
+            return pyro.sample("x", self.likelihood(self._net(self.decoder, self._decoder_input(zs))), obs=x)
+
+    def _decoder_input(self, zs):
+        """The decoder's input from the layers ``[z_1, …, z_L]``: z_1, or all of them concatenated."""
+        return torch.cat(zs, dim=-1) if self.skip_connections else zs[0]
 
     def guide(self, x):
         """q(z|x): diagonal Gaussians with mean and log-variance from the networks, reparameterised."""
@@ -218,8 +266,10 @@ class VAE(nn.Module):
                 self._top_down_guide(x)
             else:
                 h = x
+                top = len(self.upward)
                 for layer, net in enumerate([self.encoder, *self.upward]):
-                    h = self._sample(layer, diagonal_normal(*gaussian_params(self._net(net, h))))
+                    fn = diagonal_normal(*gaussian_params(self._net(net, h)))
+                    h = self._sample(layer, fn if layer == top else _MonteCarloKLNormal(fn.base_dist, 1))
 
     def _top_down_guide(self, x):
         bottom_up = self.encode_layers(x)
@@ -234,8 +284,13 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x):
-        """E[x | z_1 = μ_1(x)]: the decoder's mean at the first layer's guide mean."""
-        return self.likelihood.mean(self.decoder(gaussian_params(self.encoder(x))[0]))
+        """E[x | z_1 = μ_1(x)]: the decoder's mean at the first layer's guide mean (with skip
+        connections, at every layer's mean along the path of means)."""
+        if not self.skip_connections:
+            return self.likelihood.mean(self.decoder(gaussian_params(self.encoder(x))[0]))
+        with eval_mode(self):
+            means = [loc for loc, _ in self.encode_layers(x)]
+            return self.likelihood.mean(self.decoder(self._decoder_input(means)))
 
     @torch.no_grad()
     def decode_top(self, z_top, mean=True, sample_layers=True):
@@ -244,11 +299,12 @@ class VAE(nn.Module):
         The layers in between are drawn from p(z_l|z_{l+1}) (``sample_layers=True``) or set
         to their means, which makes the output a deterministic function of z_L (traversals).
         """
-        z = z_top
-        for net in reversed(self.downward):
-            loc, logvar = gaussian_params(net(z))
-            z = diagonal_normal(loc, logvar).sample() if sample_layers else loc
-        params = self.decoder(z)
+        zs = [z_top]
+        with eval_mode(self):  # batch normalisation with its running statistics
+            for net in reversed(self.downward):
+                loc, logvar = gaussian_params(net(zs[0]))
+                zs.insert(0, diagonal_normal(loc, logvar).sample() if sample_layers else loc)
+            params = self.decoder(self._decoder_input(zs))
         return self.likelihood.mean(params) if mean else self.likelihood(params).sample()
 
     @torch.no_grad()

@@ -10,7 +10,9 @@ Convention (any ``nn.Module`` that follows it can be passed instead of a name):
 Builders receive ``in_shape`` and ``out_shape`` from the library, so the output head
 always matches the latent size and the chosen likelihood. Registered networks:
 
-* ``mlp`` [hidden, activation]: fully connected, any shapes;
+* ``mlp`` [hidden, activation, batch_norm]: fully connected, any shapes; ``batch_norm: true``
+  puts a :class:`StepBatchNorm` between each hidden layer and its activation (Sønderby et
+  al. 2016 use batch normalisation in every deterministic layer);
 * ``conv`` [channels, hidden, activation]: for images ``(C, H, W)``. As an encoder,
   stride-2 convolutions (kernel 4) halve H and W once per entry of ``channels``, then a
   hidden dense layer and a linear head; as a decoder, the mirror image (dense layers, then
@@ -18,9 +20,13 @@ always matches the latent size and the chosen likelihood. Registered networks:
   last layer has ``prod(P)·C`` channels, reshaped to ``(*P, C, H, W)`` (e.g. ``(2, C, H,
   W)`` for a predicted Gaussian scale). By default ``channels`` has one layer per halving
   that keeps the feature map at least 4×4 (28×28: [32, 64] down to 7×7; 64×64:
-  [32, 64, 64, 64] down to 4×4). H and W must be divisible by 2^len(channels).
+  [32, 64, 64, 64] down to 4×4). H and W must be divisible by 2^len(channels);
+* ``conv-burgess`` [activation]: the published conv network of the β-VAE papers (Burgess et
+  al. 2018) for 64×64 images, 4 convolutions of 32 channels and two dense layers of 256,
+  He-initialised (:func:`conv_burgess`); the preset for sprites/dSprites.
 """
 
+import contextlib
 import math
 
 import torch
@@ -69,16 +75,39 @@ class Network(nn.Module):
         return flat.reshape(*batch_shape, *self.out_shape)
 
 
+class StepBatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` that normalises with the batch's statistics only in a training step.
+
+    In train mode *with gradients enabled* (an optimisation step) it normalises over the
+    batch and updates the running mean and variance, as ``BatchNorm1d``. In eval mode, and
+    under ``torch.no_grad`` (every estimator, diagnostic and figure), it uses the running
+    statistics and leaves them unchanged: ``(h − running_mean)/√(running_var + ε)·γ + β``.
+    So a point's log-density never depends on the other points of its batch outside
+    training, and a single point can be encoded.
+    """
+
+    def forward(self, inputs):
+        if self.training and not torch.is_grad_enabled():
+            return nn.functional.batch_norm(inputs, self.running_mean, self.running_var, self.weight,
+                                            self.bias, False, 0.0, self.eps)
+        return super().forward(inputs)
+
+
 @NETWORKS.register("mlp")
 class MLP(Network):
     """Fully connected network: flatten ``in_shape``, hidden layers, linear head to ``out_shape``."""
 
-    def __init__(self, in_shape, out_shape, hidden=(400,), activation="relu"):
+    def __init__(self, in_shape, out_shape, hidden=(400,), activation="relu", batch_norm=False):
         super().__init__(in_shape, out_shape)
+        if not isinstance(batch_norm, bool):
+            raise ConfigError(f"Option 'batch_norm' of 'mlp' must be true or false, got {batch_norm!r}.")
         widths = [math.prod(self.in_shape), *_check_widths(hidden)]
         layers = [nn.Flatten()]
         for width_in, width_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(width_in, width_out), make_activation(activation)]
+            layers.append(nn.Linear(width_in, width_out))
+            if batch_norm:
+                layers.append(StepBatchNorm(width_out))
+            layers.append(make_activation(activation))
         layers.append(nn.Linear(widths[-1], math.prod(self.out_shape)))
         self.net = nn.Sequential(*layers)
 
@@ -128,12 +157,11 @@ class ConvEncoder(Network):
         layers = []
         for c_in, c_out in zip([self.in_shape[0], *widths[:-1]], widths):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), make_activation(activation)]
-        layers += [
-            nn.Flatten(),
-            nn.Linear(widths[-1] * h * w, hidden),
-            make_activation(activation),
-            nn.Linear(hidden, math.prod(self.out_shape)),
-        ]
+        dense = [widths[-1] * h * w, *_dense_widths(hidden)]
+        layers.append(nn.Flatten())
+        for d_in, d_out in zip(dense[:-1], dense[1:]):
+            layers += [nn.Linear(d_in, d_out), make_activation(activation)]
+        layers.append(nn.Linear(dense[-1], math.prod(self.out_shape)))
         self.net = nn.Sequential(*layers)
 
 
@@ -144,21 +172,63 @@ class ConvDecoder(Network):
     def __init__(self, in_shape, out_shape, channels=None, hidden=256, activation="relu"):
         super().__init__(in_shape, out_shape)
         widths, (h, w) = _conv_plan(*self.out_shape[-2:], channels)
-        layers = [
-            nn.Linear(math.prod(self.in_shape), hidden),
-            make_activation(activation),
-            nn.Linear(hidden, widths[-1] * h * w),
-            make_activation(activation),
-            nn.Unflatten(1, (widths[-1], h, w)),
-        ]
+        dense = [math.prod(self.in_shape), *_dense_widths(hidden), widths[-1] * h * w]
+        layers = []
+        for d_in, d_out in zip(dense[:-1], dense[1:]):
+            layers += [nn.Linear(d_in, d_out), make_activation(activation)]
+        layers.append(nn.Unflatten(1, (widths[-1], h, w)))
         reverse = widths[::-1]
         for c_in, c_out in zip(reverse, [*reverse[1:], math.prod(self.out_shape[:-2])]):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), make_activation(activation)]
         self.net = nn.Sequential(*layers[:-1])  # no activation on the output
 
 
+def _dense_widths(hidden):
+    """The dense layers of a conv network: one width (the ``conv`` option) or a list (presets)."""
+    return [hidden] if isinstance(hidden, int) else list(hidden)
+
+
+@NETWORKS.register("conv-burgess")
+def conv_burgess(in_shape, out_shape, activation="relu"):
+    """The convolutional network of the β-VAE papers for 64×64 images (Burgess et al. 2018,
+    appendix A.1; Higgins et al. 2017 for CelebA/chairs): encoder 4 convolutions with 32
+    channels, kernel 4, stride 2 (64 → 4), dense 256, 256, then the head; decoder the mirror
+    image. Weights He-normal initialised (fan-in, ReLU gain), biases zero (see
+    :func:`he_init`)."""
+    if len(in_shape) != 3 and len(out_shape) < 3:
+        raise ConfigError(f"The 'conv-burgess' network needs images shaped (C, H, W) as encoder input or "
+                          f"decoder output, got in_shape {tuple(in_shape)} and out_shape {tuple(out_shape)}.")
+    kind = ConvEncoder if len(in_shape) == 3 else ConvDecoder
+    return he_init(kind(in_shape, out_shape, [32, 32, 32, 32], (256, 256), activation))
+
+
+def he_init(module):
+    """He (Kaiming) normal initialisation, fan-in mode with the ReLU gain, of every convolution,
+    transposed convolution and linear layer of ``module``; zero biases. PyTorch's default
+    (uniform with bound 1/sqrt(fan_in), a gain of 1/sqrt(3)) shrinks the signal by about
+    sqrt(6) per ReLU layer, so after the seven layers of the ``conv-burgess`` encoder the
+    means barely differ between images at the start (docs/results-disentanglement.md)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return module
+
+
 def _check_widths(hidden):
     return list(check_ints(hidden, "Hidden widths", allow_empty=True))
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    """``module`` in eval mode within the block (batch normalisation uses its running statistics
+    and leaves them as they are), then back in the mode it had."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def build_network(spec, in_shape, out_shape):

@@ -14,7 +14,8 @@ Figures of a model (``vae``, data ``x`` of shape ``(N, *data_shape)``):
 * :func:`plot_latent_space`: posterior means of the top layer in 2-D (PCA above two
   dimensions), coloured by label;
 * :func:`plot_kl_per_dimension`: average KL(q ‖ p) per latent dimension, one panel per layer;
-* :func:`plot_reconstructions_and_samples`: inputs, reconstructions and samples in three rows.
+* :func:`plot_reconstructions_and_samples`: inputs, reconstructions and samples in three rows;
+* :func:`plot_interpolation`: decoded linear and spherical paths between two inputs.
 
 Figures of a run's records: :func:`plot_training_curves` (the records of ``metrics.jsonl``)
 and :func:`plot_marginal_diagnostics` / :func:`plot_estimate_vs_samples` (importance sampling).
@@ -45,6 +46,15 @@ def save_figure(figure, path):
     with atomic_write(path) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     return path
+
+
+def figure_to_rgb(figure):
+    """The pixels of ``figure`` as an ``(H, W, 3)`` uint8 array (drawn with Agg; the backend untouched)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _subplots(nrows=1, ncols=1, figsize=None, **options):
@@ -193,6 +203,27 @@ def plot_reconstructions_and_samples(vae, x, num_samples=None):
         for ax in axes[row, len(values):]:
             ax.axis("off")
     figure.suptitle("Inputs, reconstructions and samples from the prior", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_interpolation(vae, x0, x1, steps=9):
+    """The decoded linear (top row) and spherical (bottom row) interpolations from ``x0`` to
+    ``x1`` in the top layer's latent space (:func:`pyro_vae.interpolation.interpolate`), with
+    the two inputs at the ends."""
+    from .interpolation import METHODS, interpolate
+
+    rows = [(method, _cpu(interpolate(vae, x0, x1, steps, method)[1])) for method in METHODS]
+    ends = _cpu(torch.stack([x0, x1]))
+    ncols = steps + 2
+    figure, axes = _subplots(len(rows), ncols, figsize=(0.9 * ncols, 1.1 * len(rows) + 0.5), squeeze=False)
+    for row, (method, decoded) in enumerate(rows):
+        values = torch.cat([ends[:1], decoded, ends[1:]])
+        _show_row(axes[row], as_images(values, vae.data_shape), values.numpy(), method)
+    for ax, label in ((axes[0, 0], "x₀"), (axes[0, -1], "x₁")):
+        ax.set_title(label, fontsize=9)
+    figure.suptitle("Interpolation in the latent space: E[x | z(t)], t = 0 … 1, inputs at the ends",
+                    fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -356,11 +387,12 @@ def _pca(codes):
     return centred @ vt[:2].T, explained[:2]
 
 
-def plot_latent_space(vae, x, labels=None, class_names=None, max_points=2000):
+def plot_latent_space(vae, x, labels=None, class_names=None, max_points=2000, split=None):
     """Posterior means of the top layer for (up to ``max_points`` of) ``x``, coloured by ``labels``.
 
     Two dimensions are shown as they are; more are projected on their first two principal
     components (PCA); one dimension is shown against the label (or as a histogram).
+    ``split`` names where the points come from (e.g. ``"validation + test"``), in the title.
     """
     x = x[:max_points]
     codes = _cpu(posterior_means(vae, x)[vae.sites[-1]]).double().numpy()
@@ -403,7 +435,8 @@ def plot_latent_space(vae, x, labels=None, class_names=None, max_points=2000):
         ax.set_xlabel(names[0], fontsize=9)
         ax.set_ylabel(names[1], fontsize=9)
     layer = "top-layer " if len(vae.sites) > 1 else ""
-    ax.set_title(f"Posterior means of the {layer}latents ({len(codes)} points)", fontsize=10)
+    source = f"{len(codes)} {split} points" if split else f"{len(codes)} points"
+    ax.set_title(f"Posterior means of the {layer}latents ({source})", fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -474,23 +507,42 @@ def _lines(records, key, name):
     return lines + [(k, *map(np.asarray, s)) for k, s in _dict_series(records, key).items()]
 
 
+def latent_terms_title(records):
+    """The title of the panel of ``val_kl``: "KL" for one latent site, whose term
+    E_q[log q(z|x) − log p(z)] is a KL divergence (≥ 0); per-site terms of a hierarchy,
+    E_q[log q(z_l|·) − log p(z_l|·)], can be negative (only their sum is the KL of the joint),
+    so they are named for what they are."""
+    sites = set()
+    for record in records:
+        if isinstance(record.get("val_kl"), dict):
+            sites.update(record["val_kl"])
+    if len(sites) <= 1:
+        return "validation KL(q(z|x) ‖ p(z)) [nats / point]"
+    return "validation latent terms E_q[log q − log p] [nats / point]"
+
+
 def plot_training_curves(records):
-    """ELBO, reconstruction, KL, active units and β against the epoch.
+    """ELBO, reconstruction, KL (or per-site latent terms), active units and β against the epoch.
 
     ``records``: the per-epoch records of ``metrics.jsonl``
     (:meth:`~pyro_vae.rundir.RunDir.read_metrics`). Panels whose metrics were not recorded
-    (``val_recon``, ``val_kl``, ``active_units``) are left out.
+    (``val_recon``, ``val_kl``, ``active_units``) are left out. Each panel says whether it
+    shows training or validation values; the ELBO panel's range holds every epoch.
     """
     records = list(records)
     panels = []
     epochs, loss = _series(records, "train_loss")
     val_epochs, val_elbo = _series(records, "val_elbo")
-    panels.append(("ELBO [nats / point]", [("− train loss (β-weighted)", epochs, -loss),
+    panels.append(("ELBO [nats / point]", [("training: − loss (β-weighted)", epochs, -loss),
                                            ("validation ELBO", val_epochs, val_elbo)]))
-    for key, title, name in (("val_recon", "reconstruction [nats / point]", "validation"),
-                             ("val_kl", "KL [nats / point]", "validation"),
-                             ("active_units", "active units", "validation")):
+    for key, title, name in (("val_recon", "validation E_q[log p(x|z)] [nats / point]", "validation"),
+                             ("val_kl", latent_terms_title(records), "validation"),
+                             ("active_units", "active units (validation)", "validation")):
         lines = _lines(records, key, name)
+        if key == "val_kl" and len(lines) > 1:  # per-site terms of a hierarchy, and their sum
+            epochs_kl, totals = _series([{"epoch": r["epoch"], "total": sum(r["val_kl"].values())}
+                                         for r in records if isinstance(r.get("val_kl"), dict)], "total")
+            lines.append(("sum = KL of the joint", epochs_kl, totals))
         if lines:
             panels.append((title, lines))
     beta = _lines(records, "beta", "β")
@@ -507,18 +559,17 @@ def plot_training_curves(records):
                 ax.plot(ex, ey, color=f"C{i}", lw=1.4, marker="o" if len(ex) < 15 else None, ms=3, label=name)
         ax.set_xlabel("epoch", fontsize=9)
         ax.set_title(title, fontsize=9)
-        if title.startswith(("KL", "active")):
+        if title.startswith(("validation KL", "active")):
             ax.set_ylim(bottom=0)
         ax.tick_params(labelsize=8)
         if len(lines) > 1:
             ax.legend(fontsize=7, loc="lower right")
     elbos = np.concatenate([val_elbo, -loss])
-    late = np.concatenate([val_elbo[len(val_elbo) // 10 :], -loss[len(loss) // 10 :]])
-    if len(late) > 1 and np.all(np.isfinite(late)):
-        # the first epochs can dwarf the rest: zoom on the later ones
-        lo, hi = float(late.min()), float(elbos.max())
-        margin = 0.1 * (hi - lo) + 1e-6
-        axes[0].set_ylim(lo - 2 * margin, hi + margin)
+    elbos = elbos[np.isfinite(elbos)]
+    if len(elbos) > 1:  # every epoch inside the range (the first ones are often far below)
+        lo, hi = float(elbos.min()), float(elbos.max())
+        margin = 0.05 * (hi - lo) + 1e-6
+        axes[0].set_ylim(lo - margin, hi + margin)
     if beta:
         top = max(float(np.max(v)) for _, _, v in beta)
         axes[-1].set_ylim(0, 1.15 * top if top > 0 else 1)
@@ -563,9 +614,79 @@ def plot_estimate_vs_samples(num_samples, means, stderrs, elbo=None):
     return figure
 
 
+
+def plot_ais_diagnostics(result):
+    """Histograms of per-point AIS log p̂(x), mean HMC acceptance and ESS / C of the chains."""
+    figure, axes = _subplots(1, 3, figsize=(11, 3.2))
+    axes[0].hist(result.log_px.cpu().numpy(), bins=30, color="C0")
+    axes[0].set_xlabel("log p̂(x) [nats]")
+    axes[1].hist(result.accept.cpu().numpy(), bins=30, color="C1")
+    axes[1].set_xlabel("mean HMC acceptance")
+    axes[2].hist(result.ess.cpu().numpy() / result.num_chains, bins=30, color="C2")
+    axes[2].set_xlabel("ESS / C of the chains' weights")
+    for ax in axes:
+        ax.set_ylabel("data points")
+    figure.suptitle(f"AIS diagnostics, {result.num_chains} chains x {result.num_steps} steps", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_estimator_comparison(result):
+    """Per point, importance sampling (guide and refined proposal) minus AIS against IS's k̂,
+    and the inference gap split into approximation and amortisation gaps."""
+    figure, axes = _subplots(1, 2, figsize=(10, 3.6))
+    ais = result.log_px.cpu().numpy()
+    axes[0].scatter(result.khat_is.cpu().numpy(), result.log_px_is.cpu().numpy() - ais, s=6,
+                    label="IS (guide)")
+    axes[0].scatter(result.khat_refined_is.cpu().numpy(), result.log_px_refined_is.cpu().numpy() - ais, s=6,
+                    label="IS (refined proposal)")
+    axes[0].axhline(0.0, color="k", lw=0.8)
+    axes[0].axvline(0.7, color="k", ls="--", lw=0.8)
+    axes[0].set_xlabel("Pareto k̂ of the importance weights")
+    axes[0].set_ylabel("log p̂(x) − AIS [nats]")
+    axes[0].legend(fontsize=8)
+    gaps = [result.approximation_gap.cpu().numpy(), result.amortisation_gap.cpu().numpy()]
+    axes[1].hist(gaps, bins=30, label=[f"approximation (mean {gaps[0].mean():.2f})",
+                                       f"amortisation (mean {gaps[1].mean():.2f})"], color=["C3", "C4"])
+    axes[1].set_xlabel("gap [nats]")
+    axes[1].set_ylabel("data points")
+    axes[1].legend(fontsize=8)
+    figure.suptitle("log p(x) − ELBO[q] = approximation + amortisation gap; "
+                    f"IS with K = {result.num_samples}", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_bdmc(rows, num_points):
+    """BDMC: mean lower (forward AIS) and upper (reverse AIS) bounds and their gap against the
+    number of annealing steps (log axis); ``rows`` as :meth:`~pyro_vae.ais.BDMCResult.summary`."""
+    figure, axes = _subplots(1, 2, figsize=(9, 3.2))
+    steps = np.asarray([row["num_steps"] for row in rows])
+    lower = np.asarray([row["lower_mean"] for row in rows])
+    upper = np.asarray([row["upper_mean"] for row in rows])
+    axes[0].plot(steps, lower, marker="o", label="lower (forward AIS)")
+    axes[0].plot(steps, upper, marker="o", label="upper (reverse AIS)")
+    axes[0].set_ylabel("mean bound [nats]")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(steps, upper - lower, marker="o", color="C3")
+    axes[1].axhline(1.0, color="k", ls=":", lw=0.8)
+    axes[1].set_ylabel("BDMC gap [nats]")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("annealing steps")
+    figure.suptitle(f"BDMC on {num_points} points simulated from the model", fontsize=10)
+    figure.tight_layout()
+    return figure
+
 __all__ = [
     "as_images",
+    "plot_ais_diagnostics",
+    "plot_bdmc",
+    "plot_estimator_comparison",
+    "figure_to_rgb",
+    "latent_terms_title",
     "plot_estimate_vs_samples",
+    "plot_interpolation",
     "plot_kl_per_dimension",
     "plot_latent_space",
     "plot_marginal_diagnostics",

@@ -77,20 +77,23 @@ class Registry:
             )
         return self._entries[name]
 
-    def build(self, spec, context=None, **supplied):
+    def build(self, spec, context=None, offered=None, **supplied):
         """Build from a spec (name or ``{"name": ..., **options}``).
 
         ``supplied`` holds arguments the library passes to every constructor of this kind
-        (such as ``latent_dim``); ``context`` (a :class:`BuildContext`) is passed only to a
-        constructor with a ``context`` parameter. The spec's options must be keyword
-        arguments the constructor accepts; neither ``context`` nor a supplied name may be one.
+        (such as ``latent_dim``); ``offered`` (a dict) and ``context`` (a
+        :class:`BuildContext`) are passed only to a constructor with a parameter of that name
+        (e.g. ``num_samples`` to the estimators that take one). The spec's options must be
+        keyword arguments the constructor accepts; none of the names the library passes may
+        be one.
         """
         name, options = split_spec(spec, self.kind)
         constructor = self.get(name)
-        check_options(constructor, options, f"{self.kind} '{name}'", reserved={*supplied, "context"})
-        if "context" in inspect.signature(constructor).parameters:
-            supplied = {**supplied, "context": context or BuildContext()}
-        return constructor(**supplied, **options)
+        params = inspect.signature(constructor).parameters
+        offered = {"context": context or BuildContext(), **(offered or {})}
+        passed = {**supplied, **{k: v for k, v in offered.items() if k in params}}
+        check_options(constructor, options, f"{self.kind} '{name}'", reserved={*passed, "context"})
+        return constructor(**passed, **options)
 
 
 def split_spec(spec, kind):

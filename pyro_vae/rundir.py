@@ -12,6 +12,8 @@
       eval.json         the summary of ``pyro-vae evaluate``
       eval_points.pt    its per-point results
       figures/          PNG files
+      tensorboard/      TensorBoard event files (``tracking.tensorboard``)
+      mlruns/           the run's MLflow store, mlflow.db and artifacts/ (``tracking.mlflow``)
 
 Every file is written through :func:`pyro_vae.atomic.atomic_write` (metrics lines are
 appended; a torn last line is dropped on resume). ``config.yaml`` is read once per
@@ -61,6 +63,17 @@ class RunDir:
         """The folder of the run's figures."""
         return self.path / "figures"
 
+    @property
+    def tensorboard(self):
+        """The folder of the TensorBoard event files (``tracking.tensorboard``)."""
+        return self.path / "tensorboard"
+
+    @property
+    def mlruns(self):
+        """The folder of the run's own MLflow store (``mlflow.db`` and ``artifacts/``; ``tracking.mlflow``
+        without ``mlflow_uri``)."""
+        return self.path / "mlruns"
+
     def holds_run(self):
         """Whether a run's ``config.yaml`` is there (a run exists once its config is complete)."""
         return self.config_path.is_file()
@@ -92,7 +105,7 @@ class RunDir:
     def config(self):
         """The run's config, resolved over the defaults (a fresh copy on every access)."""
         try:
-            return configuration.resolve(self._stored_config[0])
+            return configuration.resolve(self._stored_config[0], base=configuration.stored_run_defaults())
         except ConfigError as error:
             raise ConfigError(f"The run's config file '{self.config_path}' is invalid: {error}") from None
 
@@ -170,12 +183,31 @@ class RunDir:
         summary_path = self.path / self.EVAL
         if points is None or not summary_path.is_file():
             return None
-        return json.loads(summary_path.read_text(encoding="utf-8")), points
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise RunError(f"'{summary_path}' is not valid JSON ({error}); run pyro-vae evaluate again "
+                           "to replace it.") from None
+        if not isinstance(points, dict) or not isinstance(summary, dict):
+            raise RunError(f"'{self.path / self.EVAL_POINTS}' or '{summary_path}' does not hold what "
+                           "pyro-vae evaluate writes; run pyro-vae evaluate again to replace them.")
+        return summary, points
 
 
 def _load_tensors(path):
+    """The tensors saved with ``torch.save`` at ``path`` (read with ``weights_only=True``), or ``None``
+    if there is no file; a damaged or crafted file is a :class:`~pyro_vae.errors.RunError`."""
+    import pickle
+    import zipfile
+
     import torch
 
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
+        kind = "holds objects other than tensors" if isinstance(error, pickle.UnpicklingError) else (
+            f"is damaged ({type(error).__name__})")
+        raise RunError(f"'{path}' {kind}, so it was not loaded (no code in it ran). Delete it, or write "
+                       "it again (pyro-vae evaluate writes eval_points.pt).") from None

@@ -8,6 +8,9 @@ layer; a schedule's shape f(t) ∈ [0, 1] then applies to every layer:
 
 * ``constant``: β(t) = beta;
 * ``linear`` (KL warm-up): β(t) = start + (beta − start)·min(1, t / warmup_epochs);
+  ``warmup_epochs`` may also be one number per layer (layer 1 first): a per-layer warm-up,
+  e.g. ``warmup_epochs: [10, 20]`` brings the top layer's KL in over twice as many epochs
+  (Sønderby et al. 2016 warm up all layers together; a list of equal entries does that);
 * ``cyclical`` (Fu et al. 2019): t is cut into cycles of ``cycle_epochs``; within a
   cycle β rises linearly from 0 to ``beta`` over the first fraction ``ratio`` of the
   cycle and stays there: β(t) = beta·min(1, (t mod L) / (ratio·L)).
@@ -29,14 +32,17 @@ def _non_negative(value, what):
 
 
 def _interpolate(start, end, fraction):
-    """start + (end − start)·fraction, elementwise when either is per layer."""
-    if isinstance(start, tuple) or isinstance(end, tuple):
-        starts = start if isinstance(start, tuple) else (start,) * len(end)
-        ends = end if isinstance(end, tuple) else (end,) * len(start)
-        if len(starts) != len(ends):
-            raise ConfigError(f"start and beta have different lengths: {start} and {end}.")
-        return [s + (e - s) * fraction for s, e in zip(starts, ends)]
-    return start + (end - start) * fraction
+    """start + (end − start)·fraction, elementwise when any of them is per layer."""
+    values = (start, end, fraction)
+    lengths = {len(v) for v in values if isinstance(v, tuple)}
+    if not lengths:
+        return start + (end - start) * fraction
+    if len(lengths) > 1:
+        raise ConfigError(f"The per-layer lists of the beta schedule (start, beta, warmup_epochs) have "
+                          f"different lengths: {sorted(lengths)}; give one entry per latent layer.")
+    depth = lengths.pop()
+    starts, ends, fractions = (v if isinstance(v, tuple) else (v,) * depth for v in values)
+    return [s + (e - s) * f for s, e, f in zip(starts, ends, fractions)]
 
 
 @BETA_SCHEDULES.register("constant")
@@ -52,16 +58,22 @@ class Constant:
 
 @BETA_SCHEDULES.register("linear")
 class LinearWarmup:
-    """β(t) = start + (beta − start)·min(1, t / warmup_epochs): the KL warm-up."""
+    """β(t) = start + (beta − start)·min(1, t / warmup_epochs): the KL warm-up (per layer when
+    any of ``beta``, ``start``, ``warmup_epochs`` is a list)."""
 
     def __init__(self, beta=1.0, start=0.0, warmup_epochs=10):
         self.beta = _non_negative(beta, "beta")
         self.start = _non_negative(start, "start")
-        self.warmup_epochs = check_number(warmup_epochs, "beta schedule option 'warmup_epochs'",
-                                          greater_than=0)
-        _interpolate(self.start, self.beta, 0.0)
+        what = "beta schedule option 'warmup_epochs' (or each entry of its list)"
+        if isinstance(warmup_epochs, (list, tuple)) and warmup_epochs:
+            self.warmup_epochs = tuple(check_number(w, what, greater_than=0) for w in warmup_epochs)
+        else:
+            self.warmup_epochs = check_number(warmup_epochs, what, greater_than=0)
+        self(0.0)
 
     def __call__(self, t):
+        if isinstance(self.warmup_epochs, tuple):
+            return _interpolate(self.start, self.beta, tuple(min(1.0, t / w) for w in self.warmup_epochs))
         return _interpolate(self.start, self.beta, min(1.0, t / self.warmup_epochs))
 
 

@@ -50,6 +50,7 @@ import collections
 import contextlib
 import math
 import statistics
+import sys
 import time
 
 import pyro
@@ -61,7 +62,7 @@ from .checkpoints import PATTERN as CHECKPOINT_NAME
 from .diagnostics import elbo_terms, latent_summary
 from .distributed import Distributed, ELBOLoss
 from .errors import CheckpointError, ConfigError, TrainingDiverged
-from .objectives import OBJECTIVES, check_compatible, step_loss
+from .objectives import OBJECTIVES, check_beta_schedule, check_compatible, step_loss
 from .runs import load_model_state
 from .schedules import BETA_SCHEDULES
 
@@ -74,6 +75,27 @@ EXTREME_BETA = 1e6
 POSTFIX_SECONDS = 0.5
 MIXED_PRECISION = {"bf16": torch.bfloat16}
 """``train.mixed_precision`` -> the dtype of the networks under ``torch.autocast``."""
+
+
+def log_interval(epochs):
+    """Epochs between two progress lines: every epoch up to 30 epochs, then about 30 lines."""
+    return max(1, round(epochs / 30))
+
+
+def epoch_line(record, epochs, best=False):
+    """The progress line of a metrics record, e.g. ``epoch  3/40  loss 41.27  val ELBO -40.93 *
+    (recon -33.10, latent 7.83)  β 1  0.6 s``; ``*`` marks a new best validation ELBO. ``loss``
+    is the training loss per point (β-weighted), the validation terms are unweighted."""
+    width = len(str(epochs))
+    parts = [f"epoch {record['epoch']:>{width}}/{epochs}", f"loss {record['train_loss']:.2f}"]
+    if record.get("val_elbo") is not None:
+        latent = sum(record.get("val_kl", {}).values())
+        parts.append(f"val ELBO {record['val_elbo']:.2f}{' *' if best else '  '} "
+                     f"(recon {record['val_recon']:.2f}, latent {latent:.2f})")
+    betas = record["beta"] if isinstance(record["beta"], (list, tuple)) else [record["beta"]]
+    parts.append("β " + "/".join(f"{b:.3g}" for b in betas))
+    parts.append(f"{record['seconds']:.1f} s")
+    return "  ".join(parts)
 
 
 def _sync_every(device):
@@ -172,20 +194,26 @@ class Trainer:
     The objective and the β schedule are built with the run's
     :class:`~pyro_vae.registry.BuildContext` (training-set size, data shape, device).
     ``on_end``: callables ``hook(run, rundir)`` run on the main process after the last
-    epoch (figures, exports).
+    epoch (figures, exports); ``on_epoch``: callables ``hook(record, run)`` run on the main
+    process after each epoch's record is written (experiment tracking,
+    :mod:`pyro_vae.tracking`). With ``progress``, a bar counts the batches and one line per
+    epoch (every :func:`log_interval` epochs for long runs, and the last) stays on stderr.
     """
 
-    def __init__(self, run, rundir, progress=True, ctx=None, on_end=()):
+    def __init__(self, run, rundir, progress=True, ctx=None, on_end=(), on_epoch=()):
         self.run = run
         self.ctx = ctx or Distributed()
         self.ddp = None  # the DistributedDataParallel loss module, with several processes
         self.rundir = rundir
         self.progress = progress
         self.on_end = tuple(on_end)
+        self.on_epoch = tuple(on_epoch)
+        self.best = None  # (val_elbo, epoch) of the best validated epoch so far
         config = run.config
         self.objective = OBJECTIVES.build(config["objective"], run.context)
         check_compatible(config["objective"], run.vae)
         self.schedule = BETA_SCHEDULES.build(config["beta_schedule"], run.context)
+        check_beta_schedule(config["objective"], self.schedule, config["train"]["epochs"])
         self.step_settings = step_settings(run.vae, self.objective, config["train"]["mixed_precision"])
         run.vae.beta = self.schedule(0.0)  # a β that does not fit the model fails before any write
         self.optimizer = make_adam(run.vae.parameters(), lr=config["optim"]["lr"], eps=config["optim"]["eps"])
@@ -195,8 +223,11 @@ class Trainer:
         self.history = LossHistory(config["train"]["divergence_factor"])
 
     def state(self):
-        """Everything a checkpoint holds: epoch, model, optimiser, scheduler and RNG states."""
+        """Everything a checkpoint holds: epoch, model, optimiser, scheduler and RNG states, and the
+        objective's own state where it keeps one (``state_dict()``, e.g. FactorVAE's discriminator)."""
+        objective = getattr(self.objective, "state_dict", None)
         return {
+            **({"objective": objective()} if objective is not None else {}),
             "epoch": self.epoch,
             "model": self.run.vae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -211,6 +242,8 @@ class Trainer:
         load_model_state(self.run.vae, state, self.rundir.path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "objective" in state and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state["objective"])
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -229,6 +262,9 @@ class Trainer:
                 self.restore(state)
                 self._apply_optim_overrides(saved_optim)
                 self._seed_history()
+                best = self.checkpoints.best()  # the progress lines mark only a new best with *
+                if best is not None and best["epoch"] <= self.epoch:
+                    self.best = (best["score"], best["epoch"])
             if main:
                 self.rundir.truncate_metrics(self.epoch)
         elif main:
@@ -343,6 +379,19 @@ class Trainer:
         # Metrics first: a kill between the two leaves a line that resume drops, never a gap.
         self.rundir.append_metrics(record)
         self.checkpoints.save(self.state(), self.epoch, score=record.get("val_elbo"))
+        for hook in self.on_epoch:
+            hook(record, run)
+        self._report_epoch(record, bar)
+
+    def _report_epoch(self, record, bar):
+        """One line per epoch (every :func:`log_interval` epochs, and the last) above the bar."""
+        val = record.get("val_elbo")
+        improved = val is not None and (self.best is None or val > self.best[0])
+        if improved:
+            self.best = (val, self.epoch)
+        epochs = self.run.config["train"]["epochs"]
+        if self.progress and (self.epoch % log_interval(epochs) == 0 or self.epoch == epochs):
+            tqdm.write(epoch_line(record, epochs, improved), file=sys.stderr)
 
     def _step(self, x):
         """Back-propagate the loss of batch ``x``; return it, detached. With several processes

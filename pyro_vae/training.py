@@ -1,17 +1,18 @@
 """``pyro_vae.train``: resolve a config (or continue a run), build the run, train it."""
 
 import contextlib
-import os
 import shutil
 
 from . import atomic, distributed
 from . import config as configuration
+from .data import absolute_paths
 from .errors import ConfigError, RunError, TrainingDiverged
-from .estimators import ESTIMATORS
+from .estimators import build_estimator
 from .figures import write_training_figure
 from .rundir import RunDir
 from .runlock import RunLock
 from .runs import Run
+from .tracking import open_tracking
 from .trainer import Trainer
 
 
@@ -49,11 +50,9 @@ def train(config=None, out_dir="runs/default", overrides=(), resume=False, progr
             )
         base = configuration.DEFAULTS
     config = configuration.resolve(config, overrides, base=base)
-    root = config["data"].get("root") if isinstance(config["data"], dict) else None
-    if isinstance(root, str):  # the run must find its data from any working directory
-        config["data"]["root"] = os.path.abspath(os.path.expanduser(root))
+    config["data"] = absolute_paths(config["data"])  # the run must find its data from any working directory
     configuration.check(config)  # plain values, then the estimator: bad input fails before any write
-    ESTIMATORS.build(config["eval"]["estimator"], num_samples=config["eval"]["num_samples"])
+    build_estimator(config["eval"]["estimator"], config["eval"]["num_samples"])
     if resume:
         _check_same_model(base["model"], config["model"])
     ctx = distributed.setup()
@@ -75,10 +74,12 @@ def train(config=None, out_dir="runs/default", overrides=(), resume=False, progr
 def _fit(config, model, rundir, resume, progress, ctx):
     """Build the run and train it; a resume that diverges leaves ``config.yaml`` as it was."""
     run = Run.build(config, model, ctx.local_rank if ctx.enabled else None)
-    trainer = Trainer(run, rundir, progress, ctx, on_end=[write_training_figure])
     saved = rundir.config_path.read_text(encoding="utf-8") if resume and ctx.is_main else None
     try:
-        return trainer.fit(resume)
+        with open_tracking(config, rundir, enabled=ctx.is_main) as tracking:
+            trainer = Trainer(run, rundir, progress, ctx, on_end=[write_training_figure],
+                              on_epoch=[tracking.log_epoch])
+            return trainer.fit(resume)
     except TrainingDiverged:
         if saved is not None:
             atomic.write_text(rundir.config_path, saved)

@@ -30,3 +30,15 @@ def test_cli_evaluate_writes_eval_json_and_figure(trained_run, capsys):
     assert (trained_run / "figures" / "diagnostics.png").stat().st_size > 0
     assert main(["evaluate", str(trained_run), "--num-samples", "0"]) == 2
     assert "num_samples" in capsys.readouterr().err
+
+
+def test_evaluate_writes_disentanglement_metrics_for_a_data_set_with_factors(tmp_path):
+    run_dir = tmp_path / "sprites"
+    train({"data": {"name": "sprites", "num_train": 300, "num_val": 50, "num_test": 100},
+           "model": {"latent_dim": 4}, "train": {"epochs": 1}}, run_dir, progress=False)
+    summary = evaluate(run_dir, num_samples=20, progress=False)
+    scores = json.loads((run_dir / "eval.json").read_text())["disentanglement"]
+    assert scores == summary["disentanglement"]
+    for key in ("mig", "dci_disentanglement", "sap", "factor_vae_score", "beta_vae_score", "modularity"):
+        assert key in scores
+    assert 0.0 <= scores["mig"] <= 1.0 and scores["num_points"] == 100

@@ -21,6 +21,7 @@ from pyro_vae.marginal import (
     _StreamingWeights,
     log_likelihood,
     naive_log_likelihood,
+    warn_if_unreliable,
 )
 from pyro_vae.psis import _psis_khat_own, kept_top, khat_threshold, psis_khat, tail_length
 
@@ -33,13 +34,7 @@ def _arviz():
         return pytest.importorskip("arviz")
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The tensors here are tiny: intra-op threads only add wake-up latency on a busy box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def quiet(fn, *args, **kwargs):
@@ -680,6 +675,7 @@ def test_summary_and_mean():
         "khat_mean",
         "khat_median",
         "khat_frac_bad",
+        "khat_frac_over_half",
         "ess_mean",
         "num_samples",
         "num_points",
@@ -723,3 +719,22 @@ def test_float32_model():
     res = log_likelihood(model, guide, x.float(), num_samples=1000)
     assert res.log_px.dtype == F64
     torch.testing.assert_close(res.log_px, lg.log_px(x), rtol=0, atol=1e-4)
+
+
+def test_stderr_warning_between_half_and_the_threshold():
+    """k̂ in (0.5, 0.7]: one warning that the stderr understates the error, not that the
+    estimate is unreliable (the rule measured by benchmarks/khat_calibration.py)."""
+    n = 4
+    per_point = {"log_px": torch.zeros(n, dtype=F64), "stderr": torch.full((n,), 0.1, dtype=F64),
+                 "ess": torch.full((n,), 100.0, dtype=F64), "elbo": torch.zeros(n, dtype=F64),
+                 "khat": torch.tensor([0.3, 0.6, 0.65, 0.2], dtype=F64)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_unreliable(MarginalLikelihood.from_per_point(per_point, 5000))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "2 of 4 data points" in messages[0] and "understates" in messages[0]
+    per_point["khat"] = torch.tensor([0.3, 0.6, 0.9, 0.2], dtype=F64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_unreliable(MarginalLikelihood.from_per_point(per_point, 5000))
+    assert len(caught) == 2 and "exceeds the threshold 0.70 for 1 of 4" in str(caught[1].message)

@@ -157,7 +157,8 @@ def test_training_curves_show_the_metrics_that_were_recorded(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
     figure = plot_training_curves(RunDir(tmp_path).read_metrics())
     assert [ax.get_title() for ax in figure.axes] == [
-        "ELBO [nats / point]", "reconstruction [nats / point]", "KL [nats / point]", "active units", "β",
+        "ELBO [nats / point]", "validation E_q[log p(x|z)] [nats / point]",
+        "validation latent terms E_q[log q − log p] [nats / point]", "active units (validation)", "β",
     ]
     check_figure(figure, tmp_path / "curves.png")
     per_layer_beta = [dict(r, beta=[1.0, 0.5]) for r in base]

@@ -344,7 +344,7 @@ def test_cli_train_with_random_overrides_completes_or_exits_2_leaving_nothing(se
             records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             assert [r["epoch"] for r in records] == [1] and math.isfinite(records[0]["train_loss"])
             assert (out / "config.yaml").is_file() and (out / "checkpoints" / "epoch-0001.pt").is_file()
-            assert (out / "figures" / "reconstructions.png").stat().st_size > 0
+            assert (out / "figures" / "reconstructions_and_samples.png").stat().st_size > 0
             assert not list(out.rglob("*.tmp"))
 
 

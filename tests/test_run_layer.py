@@ -262,3 +262,21 @@ def test_parts_get_the_context_only_when_they_ask_for_it(tmp_path, monkeypatch):
     monkeypatch.setitem(OBJECTIVES._entries, "recording", recording_elbo)
     run = pyro_vae.train({**TINY, "objective": "recording"}, tmp_path / "run", progress=False)
     assert seen[0].num_train == len(run.splits.train) == 1257 and seen[0].data_shape == (1, 8, 8)
+
+
+def test_a_run_stored_before_an_option_existed_reads_with_its_old_behaviour(tmp_path):
+    """Stored configs hold every key; one written before latent-network batch normalisation
+    existed lacks the key and must read as off (as it was trained), a new one keeps its value."""
+    import yaml
+
+    from pyro_vae import train
+    from pyro_vae.rundir import RunDir
+
+    run_dir = tmp_path / "run"
+    train({"model": {"latent_dim": [4, 2]}, "train": {"epochs": 1}}, run_dir, progress=False)
+    assert RunDir(run_dir).config["model"]["latent_network"]["batch_norm"] is True
+    path = run_dir / "config.yaml"
+    stored = yaml.safe_load(path.read_text())
+    del stored["model"]["latent_network"]["batch_norm"]
+    path.write_text(yaml.safe_dump(stored))
+    assert RunDir(run_dir).config["model"]["latent_network"]["batch_norm"] is False

@@ -34,7 +34,7 @@ def test_run_directory_holds_config_metrics_checkpoints_and_figure(tmp_path):
     assert all(r["val_elbo"] < 0 for r in records)
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert len(CheckpointDir(run_dir / "checkpoints").paths()) == 2
-    assert (run_dir / "figures" / "reconstructions.png").stat().st_size > 0
+    assert (run_dir / "figures" / "reconstructions_and_samples.png").stat().st_size > 0
 
 
 def test_same_seed_gives_identical_parameters(tmp_path):

@@ -41,7 +41,7 @@ and ``user_data``. Everything public is importable from ``pyro_vae.data``.
 from .batching import batches, fits_on_device, make_loader
 from .checks import BINARIZE_MODES
 from .digits import digits
-from .loading import DATASETS, list_datasets, load_dataset, split_indices
+from .loading import DATASETS, PATH_OPTIONS, absolute_paths, list_datasets, load_dataset, split_indices
 from .splits import Splits
 from .sprites import (
     FACTOR_NAMES,
@@ -57,7 +57,7 @@ from .sprites import (
     sprites,
 )
 from .torchvision_sets import MNIST_FILES, cifar10, emnist, fashion_mnist, kmnist, mnist
-from .transforms import binarize_batch, binarize_fixed, dequantize_batch, dequantize_fixed
+from .transforms import binarize_batch, binarize_fixed, bits_per_dim, dequantize_batch, dequantize_fixed
 from .user_data import IMAGE_SUFFIXES, array, folder
 
 __all__ = [
@@ -69,13 +69,16 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MNIST_FILES",
     "NUM_SPRITES",
+    "PATH_OPTIONS",
     "SHAPES",
     "Splits",
     "SpritesDataset",
+    "absolute_paths",
     "array",
     "batches",
     "binarize_batch",
     "binarize_fixed",
+    "bits_per_dim",
     "cifar10",
     "dequantize_batch",
     "dequantize_fixed",

@@ -1,5 +1,7 @@
 """The dataset registry :data:`DATASETS` and what every dataset uses to build its :class:`Splits`."""
 
+import os
+
 import numpy as np
 import torch
 
@@ -23,6 +25,20 @@ def load_dataset(spec="digits", context=None) -> Splits:
     if not isinstance(splits, Splits):
         raise ConfigError(f"Dataset {spec!r} returned {type(splits).__name__}, not Splits.")
     return splits
+
+
+PATH_OPTIONS = ("root", "path", "labels_path")
+"""Dataset options that name files or folders (torchvision ``root``, ``array``/``folder`` ``path``
+and ``labels_path``)."""
+
+
+def absolute_paths(spec):
+    """``spec`` with its :data:`PATH_OPTIONS` made absolute (``~`` expanded), so that a run
+    stored with it finds its data from any working directory; other specs unchanged."""
+    if not isinstance(spec, dict):
+        return spec
+    return {key: os.path.abspath(os.path.expanduser(value)) if key in PATH_OPTIONS and isinstance(value, str)
+            else value for key, value in spec.items()}
 
 
 def list_datasets() -> list:

@@ -94,6 +94,11 @@ class Splits:
         return self.info.get("dequantize") is True
 
     @property
+    def levels(self) -> int:
+        """The number of grey levels L of the stored values k / (L − 1) (``info["levels"]``, 256 if unset)."""
+        return int(self.info.get("levels", 256))
+
+    @property
     def sizes(self) -> dict:
         """``{"train": n, "val": n, "test": n}``."""
         return {split: int(getattr(self, split).shape[0]) for split in SPLITS}
@@ -114,7 +119,7 @@ class Splits:
         if self.dynamic_binarization:
             return binarize_batch(x, generator)
         if self.dequantization:
-            return dequantize_batch(x, generator)
+            return dequantize_batch(x, generator, self.levels)
         return x
 
     def to(self, device) -> "Splits":
@@ -129,7 +134,7 @@ class Splits:
         if self.dynamic_binarization:
             return binarize_fixed(x, seed)
         if self.dequantization:
-            return dequantize_fixed(x, seed)
+            return dequantize_fixed(x, seed, self.levels)
         return x
 
     def eval_split(self, split: str, seed: int = 0) -> torch.Tensor:

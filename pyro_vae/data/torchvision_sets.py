@@ -274,17 +274,44 @@ def _read_source(source: _Source, root: Path, download: bool, sets=("train", "te
 
 
 def _download(source: _Source, root: Path):
-    """Fetch ``source`` with torchvision; a failure raises the missing-files message."""
+    """Fetch ``source`` with torchvision; a failure removes the empty folders the attempt made
+    (torchvision creates ``<root>/<folder>/raw`` before it fails offline) and raises the
+    missing-files message."""
     import torchvision
 
+    new_folders = _missing_ancestors(root)
+    existing = {path for path in root.rglob("*") if path.is_dir()} if root.is_dir() else set()
     try:
         download_class = getattr(torchvision.datasets, source.cls)
         download_class(str(root), train=True, download=True, **dict(source.options))
     except (RuntimeError, OSError, ValueError) as error:
+        _remove_empty_folders(root, existing, new_folders)
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         missing = _missing(root / source.folder, source.files)
         message = _missing_message(source, root, missing, download_error=error, reason=reason)
         raise DataError(message) from None
+
+
+def _missing_ancestors(path: Path) -> list:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.absolute().parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_empty_folders(root: Path, existing: set, new_folders: list):
+    """Remove the empty folders under ``root`` that are not in ``existing``, then the empty ones of
+    ``new_folders`` (created by the attempt); files and folders that existed are left alone."""
+    if root.is_dir():
+        for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and path not in existing and not any(path.iterdir()):
+                path.rmdir()
+    for folder in new_folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _missing(folder: Path, files: tuple) -> list:

@@ -1,5 +1,7 @@
 """Binarisation and dequantisation: per training batch, as one fixed (seeded) draw, or at load time."""
 
+import math
+
 import numpy as np
 import torch
 
@@ -25,28 +27,51 @@ def binarize_fixed(x: torch.Tensor, seed: int) -> torch.Tensor:
     return (noise < x.detach().to("cpu", torch.float32)).to(device=x.device, dtype=x.dtype)
 
 
-def dequantize_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform dequantisation of 8-bit data ``x = k / 255``: ``(k + u) / 256``, ``u ~ U[0, 1)``.
+def dequantize_batch(x: torch.Tensor, generator: torch.Generator | None = None,
+                     levels: int = 256) -> torch.Tensor:
+    """Uniform dequantisation of data on ``levels`` L grey levels, ``x = k / (L − 1)``:
+    ``(k + u) / L``, ``u ~ U[0, 1)`` (8-bit data: L = 256; ``digits``: L = 17).
 
     For ``dequantize: true``: call once per training batch; values lie strictly inside ``(0, 1)``.
     ``generator``, if given, must be on the same device as ``x``.
     """
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return _dequantize(x, noise)
+    return _dequantize(x, noise, levels)
 
 
-def dequantize_fixed(x: torch.Tensor, seed: int) -> torch.Tensor:
+def dequantize_fixed(x: torch.Tensor, seed: int, levels: int = 256) -> torch.Tensor:
     """:func:`dequantize_batch` with noise determined by ``seed`` (drawn on the CPU, as
     :func:`binarize_fixed`), for evaluation."""
     noise = _fixed_noise(x, seed, "dequantize_fixed")
-    return _dequantize(x, noise.to(device=x.device, dtype=x.dtype))
+    return _dequantize(x, noise.to(device=x.device, dtype=x.dtype), levels)
 
 
-def _dequantize(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """(k + u)/256, kept strictly inside (0, 1): u = 0 and float rounding near 1 would give
+def _dequantize(x: torch.Tensor, noise: torch.Tensor, levels: int) -> torch.Tensor:
+    """(k + u)/L, kept strictly inside (0, 1): u = 0 and float rounding near 1 would give
     exact 0 or 1, outside the support of likelihoods such as the Beta."""
     eps = torch.finfo(x.dtype).eps
-    return ((torch.round(x * 255) + noise) / 256).clamp_(eps, 1 - eps)
+    return ((torch.round(x * (levels - 1)) + noise) / levels).clamp_(eps, 1 - eps)
+
+
+def bits_per_dim(log_px: float, info: dict) -> float | None:
+    """Bits per dimension of a mean log-likelihood ``log_px`` (nats per data point) of the data
+    described by ``info`` (a :class:`Splits`' ``info``), or ``None`` where it is not a
+    discrete likelihood.
+
+    With D = ∏ data_shape: binarised data (a probability of D bits) give
+    −log p(x) / (D ln 2). Dequantised data (k + u)/L give a density on [0, 1]^D whose
+    expectation over u bounds the probability of the levels k: log P(k) ≥
+    E_u[log p((k + u)/L)] − D log L, so −log p(x) / (D ln 2) + log₂ L bits per dimension
+    (an upper bound on the discrete model's). Grey levels scored by a continuous density
+    (``binarize: none`` without ``dequantize``) have no such reading: ``None``.
+    """
+    size = math.prod(int(s) for s in info["data_shape"])
+    nats = -float(log_px) / (size * math.log(2))
+    if info.get("dequantize") in (True, "fixed"):
+        return nats + math.log2(info.get("levels", 256))
+    if info.get("binarize") not in (None, "none"):
+        return nats
+    return None
 
 
 def _fixed_noise(x: torch.Tensor, seed: int, what: str) -> torch.Tensor:

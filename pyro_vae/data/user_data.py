@@ -1,6 +1,7 @@
 """Users' own data: ``array`` (a .npy, .npz or .pt file) and ``folder`` (PNG/JPEG images)."""
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -132,6 +133,17 @@ def folder(
     return _user_splits(x, y, info, what, fractions, *checked)
 
 
+def first_sentence(error, limit=300):
+    """The first sentence of ``error``'s message (at most ``limit`` characters, cut at a word),
+    ending with a full stop: a message is never cut mid-sentence."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    match = re.match(r"(.+?[.!?])(\s|$)", text)
+    sentence = match.group(1) if match else text
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " …"
+    return sentence if sentence.endswith((".", "!", "?", "…")) else sentence + "."
+
+
 def _read_array(path: Path, key, option: str):
     """The array or tensor in ``path``; ``key`` picks one from an .npz file or a .pt dict."""
     suffix = path.suffix.lower()
@@ -145,9 +157,15 @@ def _read_array(path: Path, key, option: str):
                 stored = {name: archive[name] for name in archive.files}
         else:
             stored = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+    except pickle.UnpicklingError:
         raise DataError(
-            f"Could not read {path}: {type(error).__name__}: {str(error).strip()[:300]}. Object "
+            f"Could not read {path}: it holds pickled Python objects other than tensors, which "
+            "torch.load(weights_only=True) refuses (loading them could run code). Save plain "
+            "tensors or a dict of tensors with torch.save, or a numeric array with numpy.save."
+        ) from None
+    except (OSError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as error:
+        raise DataError(
+            f"Could not read {path}: {type(error).__name__}: {first_sentence(error)} Object "
             "arrays and pickled Python objects are refused; save plain numeric arrays or tensors."
         ) from None
     if not isinstance(stored, dict):

@@ -1,0 +1,60 @@
+"""pyro_vae.encoding: the codes are q's parameters along the path of means."""
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae import VAE
+from pyro_vae.encoding import encode, save_codes
+from pyro_vae.model import gaussian_params
+
+
+@pytest.fixture
+def x():
+    return torch.bernoulli(torch.full((6, 1, 8, 8), 0.3), generator=torch.Generator().manual_seed(0))
+
+
+def test_one_layer_codes_are_the_encoder_outputs(x):
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=3)
+    loc, logvar = gaussian_params(vae.encoder(x))
+    codes = encode(vae, x, batch_size=4)  # two batches
+    np.testing.assert_allclose(codes["z_mean"], loc.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(codes["z_logvar"], logvar.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bottom_up_hierarchy_follows_the_means_upwards(x):
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=[4, 2]).eval()  # batch norm: running statistics
+    codes = encode(vae, x)
+    (m1, v1), (m2, v2) = ((a.detach().numpy(), b.detach().numpy()) for a, b in vae.encode_layers(x))
+    for got, want in ((codes["z1_mean"], m1), (codes["z1_logvar"], v1), (codes["z2_mean"], m2),
+                      (codes["z2_logvar"], v2)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_top_down_hierarchy_combines_precisions_at_the_top_mean(x):
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=[4, 2], inference="top-down").eval()
+    codes = encode(vae, x)
+    with torch.no_grad():
+        (loc_q, logvar_q), (top, _) = vae.encode_layers(x)
+        loc_p, logvar_p = gaussian_params(vae.downward[0](top))
+        precision = torch.exp(-logvar_q) + torch.exp(-logvar_p)
+        loc = (loc_q * torch.exp(-logvar_q) + loc_p * torch.exp(-logvar_p)) / precision
+    np.testing.assert_allclose(codes["z2_mean"], top.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(codes["z1_mean"], loc.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(codes["z1_logvar"], (-torch.log(precision)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_encode_uses_running_statistics_and_leaves_the_mode_and_rng(x):
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=[4, 2]).train()
+    state = torch.get_rng_state()
+    codes = encode(vae, x[:1])  # one point: batch statistics would be degenerate
+    assert vae.training and torch.equal(state, torch.get_rng_state())  # no draw was made
+    np.testing.assert_allclose(codes["z2_mean"], encode(vae, x)["z2_mean"][:1], rtol=1e-5, atol=1e-6)
+
+
+def test_save_codes_adds_the_suffix(tmp_path):
+    path = save_codes({"z_mean": np.zeros((2, 3), np.float32), "class_names": np.asarray(["a", "b"])},
+                      tmp_path / "codes")
+    assert path == tmp_path / "codes.npz"
+    with np.load(path, allow_pickle=False) as loaded:
+        assert loaded["z_mean"].shape == (2, 3) and list(loaded["class_names"]) == ["a", "b"]
