@@ -34,6 +34,7 @@ the gap between them bounds the error of forward AIS with that many steps on suc
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -44,9 +45,11 @@ import torch
 from .errors import PyroVAEError
 from .latent_space import LatentSpace, Scores
 from .marginal import _accumulation_device, _check_x, _StreamingWeights, mean_and_stderr
+from .registry import check_options
 from .validation import check_choice, check_int, check_number
 
-__all__ = ["AISResult", "BDMCResult", "SCHEDULES", "ais", "annealing_schedule", "bdmc", "check_settings"]
+__all__ = ["AISResult", "BDMCResult", "SCHEDULES", "ais", "ais_options", "annealing_schedule", "bdmc",
+           "check_settings"]
 
 SCHEDULES = ("sigmoid", "linear")
 """The names :func:`annealing_schedule` accepts."""
@@ -219,15 +222,6 @@ def _hmc(space, u, s, beta, step, settings):
     return torch.where(accepted[..., None], v, u), _select(accepted, new, s), log_accept.exp()
 
 
-def proposal_scale(space: LatentSpace, draws: int = 64) -> torch.Tensor:
-    """Per point and dimension ``(B, D)``: the guide's standard deviation on ``u`` (exact for a
-    Gaussian guide, else from ``draws`` independent draws; the prior's without a guide)."""
-    exact = space.guide_gaussian()
-    if exact is not None:
-        return exact[1]
-    return space.draw_guide(draws).std(0).clamp(min=1e-4)
-
-
 def _anneal(space, u, betas, settings, num_pilots, scale, step_sizes=None, on_step=None):
     r"""Run the chains ``u`` ``(R, B, D)`` through ``betas``; the last ``num_pilots`` rows adapt
     the step size (unless ``step_sizes``, one ``(B,)`` tensor per transition, is given).
@@ -269,8 +263,22 @@ def _anneal(space, u, betas, settings, num_pilots, scale, step_sizes=None, on_st
 # --------------------------------------------------------------------------------------
 
 
-def check_settings(num_steps=500, num_chains=8, leapfrog_steps=5, step_size=0.5, target_accept=0.65,
-                   schedule="sigmoid", start="guide", pilot_chains=2, guide=True):
+SET_BY_CALLER = ("model", "guide", "x", "batch_size", "progress")
+"""The arguments of :func:`ais` that are not its options."""
+
+
+def ais_options(options: dict, what: str = "ais") -> dict:
+    """The options of :func:`ais`: its defaults updated with ``options``, checked (a
+    :class:`~pyro_vae.errors.ConfigError` names an unknown option or a bad value)."""
+    check_options(ais, options, what, reserved=SET_BY_CALLER)
+    params = inspect.signature(ais).parameters
+    merged = {n: p.default for n, p in params.items() if n not in SET_BY_CALLER} | options
+    check_settings(**merged)
+    return merged
+
+
+def check_settings(num_steps, num_chains, leapfrog_steps, step_size, target_accept, schedule, start,
+                   pilot_chains, guide=True):
     """Check the options of :func:`ais` (a :class:`~pyro_vae.errors.ConfigError` for a bad one)."""
     check_choice(schedule, "schedule", SCHEDULES)
     check_int(num_steps, "num_steps")
@@ -333,7 +341,8 @@ def ais(
         num_chains: :math:`C`, independent chains per point in the estimate.
         leapfrog_steps: leapfrog steps per HMC transition.
         step_size: initial leapfrog step size in units of the guide's standard deviation
-            (:func:`proposal_scale`, a diagonal mass matrix), adapted per point.
+            (:meth:`~pyro_vae.latent_space.LatentSpace.guide_moments`, a diagonal mass
+            matrix), adapted per point.
         target_accept: the acceptance probability the pilots' step size is adapted to.
         schedule: ``"sigmoid"`` or ``"linear"`` (:func:`annealing_schedule`).
         start: ``"guide"`` (anneal from :math:`q(z \mid x)`) or ``"prior"``.
@@ -354,8 +363,9 @@ def ais(
     try:
         for xb in batches:
             space = LatentSpace(model, guide if start == "guide" else None, xb)
-            log_w, accept, _ = _anneal(space, space.draw_guide(rows), betas, settings, pilot_chains,
-                                       proposal_scale(space), on_step=bar.update if bar is not None else None)
+            scale = space.guide_moments(64)[1]
+            log_w, accept, _ = _anneal(space, space.draw_guide(rows), betas, settings, pilot_chains, scale,
+                                       on_step=bar.update if bar is not None else None)
             parts.append({**_finalize(log_w), "accept": accept})
     finally:
         if bar is not None:
@@ -386,7 +396,7 @@ def bdmc(
         raise PyroVAEError("num_steps must name at least one step count")
     for s in steps:
         check_int(s, "num_steps")
-    settings = check_settings(steps[0], guide=guide, **options)
+    settings = check_settings(**{**ais_options(options, "bdmc"), "num_steps": steps[0]}, guide=guide)
     num_chains, start = settings.num_chains, settings.start
     x = _check_x(x)
     rows = num_chains + settings.pilot_chains
@@ -399,7 +409,7 @@ def bdmc(
             u_star, x_sim = LatentSpace(model, guide, xb).draw_joint()
             space = LatentSpace(model, guide if start == "guide" else None, x_sim)
             simulated.append(x_sim.cpu())
-            scale = proposal_scale(space)
+            scale = space.guide_moments(64)[1]
             lo_b, up_b = [], []
             for s in steps:
                 betas = annealing_schedule(settings.schedule, s)

@@ -35,13 +35,12 @@ values with at least ``log_px_mean``, ``log_px_stderr`` and ``num_points``; it m
 class registered here (``@ESTIMATORS.register("name")``), in this module or the user's own.
 """
 
-import inspect
 import warnings
 from dataclasses import dataclass
 
 import torch
 
-from .ais import AISResult, ais, check_settings
+from .ais import SET_BY_CALLER, AISResult, ais, ais_options
 from .errors import ImportanceSamplingWarning
 from .marginal import (
     MarginalLikelihood,
@@ -106,15 +105,6 @@ class PriorSampling(ImportanceSampling):
         return naive_log_likelihood(model, x, num_samples=self.num_samples, batch_size=len(x))
 
 
-_LEFT_OUT = ("model", "guide", "x", "batch_size", "progress")
-"""Arguments of the estimation functions that the estimator classes set."""
-
-
-def _defaults(fn):
-    params = inspect.signature(fn).parameters
-    return {n: p.default for n, p in params.items() if n not in _LEFT_OUT}
-
-
 @ESTIMATORS.register("ais")
 class AnnealedImportanceSampling:
     """Annealed importance sampling with HMC transitions (:func:`~pyro_vae.ais.ais`); the
@@ -122,9 +112,7 @@ class AnnealedImportanceSampling:
     ``step_size``, ``target_accept``, ``schedule``, ``start``, ``pilot_chains``)."""
 
     def __init__(self, **options):
-        self.options = {**_defaults(ais), **options}
-        check_options(ais, options, "estimator 'ais'", reserved=_LEFT_OUT)
-        check_settings(**self.options)
+        self.options = ais_options(options, "estimator 'ais'")
 
     @property
     def cost_size(self):
@@ -158,7 +146,7 @@ class RefinedImportanceSampling(ImportanceSampling):
     def __init__(self, num_samples=1000, **options):
         super().__init__(num_samples)
         check_options(refined_log_likelihood, options, "estimator 'refined-is'",
-                      reserved=(*_LEFT_OUT, "num_samples"))
+                      reserved=(*SET_BY_CALLER, "num_samples"))
         self.options = options
 
     def resized(self, size):

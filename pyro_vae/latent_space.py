@@ -177,6 +177,15 @@ class LatentSpace:
         closed form); else ``None``."""
         return self._gaussian
 
+    def guide_moments(self, draws: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)``, each ``(B, D)``, of the guide on ``u``: exact for a diagonal-Gaussian
+        guide (:meth:`guide_gaussian`), else from ``draws`` independent draws (the prior's
+        without a guide)."""
+        if self._gaussian is not None:
+            return self._gaussian
+        u = self.draw_guide(draws)
+        return u.mean(0), u.std(0).clamp(min=1e-4)
+
     def _guide_gaussian(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self._fixed_guide is None:
             return None

@@ -79,14 +79,6 @@ class RefinedLikelihood(MarginalLikelihood):
         return out
 
 
-def _start(space: LatentSpace, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
-    exact = space.guide_gaussian()
-    if exact is not None:
-        return exact
-    u = space.draw_guide(draws)
-    return u.mean(0), u.std(0).clamp(min=1e-6)
-
-
 def refine(space: LatentSpace, num_steps: int = 200, num_particles: int = 8, lr: float = 0.05,
            init_draws: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``(mu, sigma)``, each ``(B, D)``: the per-point diagonal Gaussian on ``u`` after
@@ -99,7 +91,7 @@ def refine(space: LatentSpace, num_steps: int = 200, num_particles: int = 8, lr:
     :math:`\nabla_\mu \mathcal L = \mathbb E[g]` and
     :math:`\nabla_{\log\sigma} \mathcal L = \mathbb E[g\,\epsilon\,\sigma] + 1`.
     """
-    mu, sigma = _start(space, init_draws)
+    mu, sigma = space.guide_moments(init_draws)
     mu, log_sigma = mu.detach().clone(), sigma.log().detach().clone()
     optimiser = torch.optim.Adam([mu.requires_grad_(), log_sigma.requires_grad_()], lr=lr)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(num_steps, 1), eta_min=lr / 100)
