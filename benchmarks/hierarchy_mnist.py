@@ -20,9 +20,12 @@ prior): one layer 784-200-200-50 / 50-200-200-784; two layers 784-200-200-100 th
 ``iwae`` the importance-weighted bound with K = 5 (or ``-kK``); options of a two-layer
 model: ``plain`` (no hierarchy option: the latent networks without batch normalisation),
 ``bn`` (the library's default: batch normalisation in the latent networks), ``fb`` (free
-bits per dimension, λ = ``--fb`` nats, 0.1 by default), ``warm`` (per-layer KL warm-up, β from 0
-to 1 over the first 20 % of the epochs for z1 and 40 % for z2), ``td`` (the top-down / ladder guide),
-``skip`` (skip connections: the decoder sees z1 and z2).
+bits, λ = ``--fb`` nats per dimension, 0.1 by default, or per layer with ``--fb-per
+layer``), ``warm`` (per-layer KL warm-up, β from 0 to 1 over the first 20 % of the epochs
+for z1 and 40 % for z2), ``td`` (the top-down / ladder guide), ``res`` (the top-down guide
+with residual normals, ``inference: residual``), ``skip`` (skip connections: the decoder
+sees z1 and z2). ``an`` (any model) trains ``vae`` with the KL in closed form where it has
+one (``elbo-analytic``).
 Without ``plain`` the library's defaults apply (``bn``).
 
 Schedules (``--schedule``): ``burda`` compresses the paper's (8 stages, stage i at learning
@@ -40,11 +43,13 @@ import time
 from pathlib import Path
 
 import pyro
+import pyro.util
 import torch
 
 from pyro_vae import config as configuration
 from pyro_vae.diagnostics import latent_summary
 from pyro_vae.marginal import log_likelihood
+from pyro_vae.networks import eval_mode
 from pyro_vae.rundir import RunDir
 from pyro_vae.runs import Run
 from pyro_vae.trainer import Trainer
@@ -60,7 +65,7 @@ PAPER = {
     ("elbo", 2, 1): (85.33, "16+5"), ("elbo", 2, 5): (85.01, "17+5"), ("elbo", 2, 50): (84.78, "17+5"),
     ("iwae", 2, 5): (83.89, "21+5"), ("iwae", 2, 50): (82.90, "26+7"),
 }
-OPTIONS = ("plain", "bn", "fb", "warm", "td", "skip")
+OPTIONS = ("plain", "bn", "fb", "warm", "td", "res", "skip", "an")
 
 
 def compressed_milestones(epochs, stages=PAPER_STAGES):
@@ -106,6 +111,8 @@ def parse_variant(name):
             options.append(part)
         else:
             raise SystemExit(f"unknown option {part!r} in variant {name!r}; options: {', '.join(OPTIONS)}")
+    if "an" in options and objective != "elbo":
+        raise SystemExit(f"option 'an' (elbo-analytic) is for vae variants, not {name!r}")
     return objective, layers, k, options
 
 
@@ -117,7 +124,8 @@ def model_section(layers, options):
         if "plain" in options:
             latent["batch_norm"] = False
         model.update(latent_dim=[100, 50], latent_network=latent, skip_connections="skip" in options,
-                     inference="top-down" if "td" in options else "bottom-up")
+                     inference="top-down" if "td" in options else "residual" if "res" in options
+                     else "bottom-up")
     return model
 
 
@@ -128,7 +136,7 @@ def make_config(name, args):
         "data": {"name": "mnist", "root": os.path.abspath(args.data_root), "binarize": "dynamic",
                  "val_size": 0},
         "model": model_section(layers, options),
-        "objective": {"name": objective, "num_particles": k},
+        "objective": {"name": "elbo-analytic" if "an" in options else objective, "num_particles": k},
         "optim": {"lr": BASE_LR, "eps": 1e-4, "lr_decay": 1.0, "lr_milestones": None},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "validate_every": args.epochs},
         "eval": {"num_samples": args.num_samples, "batch_size": args.eval_batch_size},
@@ -136,11 +144,38 @@ def make_config(name, args):
     if args.schedule == "burda":
         user["optim"].update(lr_decay=STAGE_DECAY, lr_milestones=compressed_milestones(args.epochs))
     if "fb" in options:
-        user["objective"].update(free_bits=args.fb, free_bits_per="dimension")
+        user["objective"].update(free_bits=args.fb, free_bits_per=args.fb_per)
     if "warm" in options:
         user["beta_schedule"] = {"name": "linear", "beta": 1.0, "start": 0.0,
                                  "warmup_epochs": [0.2 * args.epochs, 0.4 * args.epochs]}
     return configuration.resolve(user), (objective, layers, k, options)
+
+
+def curve_hook(out_dir, args):
+    """An ``on_epoch`` hook: at the epochs of ``--curve-epochs``, test log p̂(x) (K =
+    ``--curve-samples``) on the first ``--curve-points`` test images, one line per epoch in
+    ``curve.jsonl``. The RNG state is restored afterwards, so the training run is the one
+    it would be without the curve (and resume stays exact)."""
+    path = out_dir / "curve.jsonl"
+    done = {json.loads(line)["epoch"] for line in path.read_text().splitlines()} if path.exists() else set()
+
+    def hook(record, run):
+        if record["epoch"] not in args.curve_epochs or record["epoch"] in done:
+            return
+        state = pyro.util.get_rng_state()
+        pyro.set_rng_seed(args.seed)
+        with eval_mode(run.vae):
+            result = log_likelihood(run.vae.model, run.vae.guide, run.test[: args.curve_points],
+                                    num_samples=args.curve_samples, batch_size=args.eval_batch_size)
+        pyro.util.set_rng_state(state)
+        mean, stderr = result.mean()
+        line = {"epoch": record["epoch"], "test_log_px": mean, "stderr": stderr,
+                "test_elbo": result.elbo.mean().item(), "train_loss": record["train_loss"]}
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(f"  {out_dir.name} epoch {record['epoch']}: log p(x) {mean:.2f} ± {stderr:.2f}", flush=True)
+
+    return hook
 
 
 def train_and_evaluate(name, args):
@@ -150,7 +185,7 @@ def train_and_evaluate(name, args):
     resume = rundir.holds_run()
     run = Run.build(config)
     start = time.perf_counter()
-    Trainer(run, rundir, progress=False).fit(resume)
+    Trainer(run, rundir, progress=False, on_epoch=[curve_hook(out_dir, args)]).fit(resume)
     train_wall = time.perf_counter() - start
     vae, x = run.vae.eval(), run.test[: args.test_points]
     pyro.set_rng_seed(args.seed)
@@ -174,6 +209,9 @@ def train_and_evaluate(name, args):
         "test_kl": summary["val_kl"], "active_units": summary["active_units"],
         "khat_frac_bad": result.khat_frac_bad, "num_samples": args.num_samples, "num_points": len(x),
         "eval_seconds": eval_seconds,
+        "curve_points": args.curve_points, "curve_samples": args.curve_samples,
+        "curve": [json.loads(line) for line in (out_dir / "curve.jsonl").read_text().splitlines()]
+        if (out_dir / "curve.jsonl").exists() else [],
         "paper_log_px": None if paper is None else -paper[0],
         "paper_active_units": None if paper is None else paper[1],
     }
@@ -191,7 +229,23 @@ def markdown(rows):
         lines.append(f"| {r['variant']} | {r['epochs']} | {r['train_seconds']:.0f} | "
                      f"{r['test_log_px']:.2f} ± {r['test_log_px_stderr']:.2f} | {r['test_elbo']:.2f} | {kl} "
                      f"| {units} | {100 * r['khat_frac_bad']:.0f} % | {paper} |")
+    curves = [r for r in rows if r["curve"]]
+    if curves:
+        epochs = sorted({point["epoch"] for r in curves for point in r["curve"]})
+        at = {(r["variant"], p["epoch"]): p for r in curves for p in r["curve"]}
+        lines += ["", f"Learning curve: test log p̂(x) on the first {args_curve(curves)} test images",
+                  "", "| epoch | " + " | ".join(r["variant"] for r in curves) + " |",
+                  "|---:|" + "---:|" * len(curves)]
+        for epoch in epochs:
+            cells = [f"{at[r['variant'], epoch]['test_log_px']:.2f}" if (r["variant"], epoch) in at else "—"
+                     for r in curves]
+            lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def args_curve(rows):
+    """"N, K = k" of the learning curves (as recorded in the rows)."""
+    return f"{rows[0]['curve_points']}, K = {rows[0]['curve_samples']}"
 
 
 def main(argv=None):
@@ -201,10 +255,16 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--schedule", choices=("burda", "constant"), default="burda")
-    parser.add_argument("--fb", type=float, default=0.1, help="free bits λ (nats per dimension) of 'fb'")
+    parser.add_argument("--fb", type=float, default=0.1, help="free bits λ (nats per group) of 'fb'")
+    parser.add_argument("--fb-per", choices=("dimension", "layer"), default="dimension",
+                        help="the groups of free bits: one latent dimension, or one layer")
     parser.add_argument("--test-points", type=int, default=2000)
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--eval-batch-size", type=int, default=20)
+    parser.add_argument("--curve-epochs", type=int, nargs="*", default=[],
+                        help="epochs after which to estimate test log p(x) for a learning curve")
+    parser.add_argument("--curve-points", type=int, default=500)
+    parser.add_argument("--curve-samples", type=int, default=1000)
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

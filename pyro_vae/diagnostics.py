@@ -77,11 +77,11 @@ def mean_variances(vae, x, num_draws=ACTIVE_UNIT_DRAWS, batch_size=1000):
 
     By the tower rule E_q[z_l|x] = E_q[ m_l(pa_l) ] with m_l(pa_l) the mean of the guide's
     distribution of z_l given the sites drawn before it (pa_l: z_{l−1} in a bottom-up guide,
-    z_{l+1} in a top-down one). The guide runs ``num_draws`` times per point (in eval mode, so
+    z_{l+1} in a top-down or residual one). The guide runs ``num_draws`` times per point (in eval mode, so
     batch normalisation uses its running statistics and does not update them):
 
     * a site whose m_l is the same in every draw (the first site drawn: q(z_1|x) bottom-up,
-      q(z_L|x) top-down, a one-layer VAE) has E_q[z_l|x] = m_l exactly: its variance over x;
+      q(z_L|x) top-down or residual, a one-layer VAE) has E_q[z_l|x] = m_l exactly: its variance over x;
     * for the others, the draws are split into halves A, B with averages m̄_A, m̄_B, and the
       covariance over x of m̄_A with m̄_B is returned. The variance of one average would add
       E_x Var_q[m_l]/(draws) (the noise of the draws, what a single draw at the sampled
@@ -127,8 +127,8 @@ def _conditional_means(vae, x, num_draws):
 def posterior_means(vae, x, batch_size=1024):
     """Means of q for every layer along the path of means: ``{site: (N, d) tensor}``."""
     with eval_mode(vae):
-        parts = [vae.encode_layers(xb) for xb in x.split(batch_size)]
-    return {site: torch.cat([p[layer][0] for p in parts]) for layer, site in enumerate(vae.sites)}
+        parts = [vae.guide_means(xb) for xb in x.split(batch_size)]
+    return {site: torch.cat([p[layer] for p in parts]) for layer, site in enumerate(vae.sites)}
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 For a data point x and layer l, the code is the guide's q(z_l | ·) evaluated along the
 path of means: each layer that q conditions on (the one below for the ``bottom-up`` guide,
-the one above and x for ``top-down``) is set to its own mean rather than drawn, so the
+the one above and x for ``top-down`` and ``residual``) is set to its own mean rather than drawn, so the
 codes are a deterministic function of x. For one layer that is simply
 (μ(x), log σ²(x)) of q(z|x). This is the counterpart of scvi-tools'
 ``get_latent_representation`` and what ``pyro-vae encode`` writes.

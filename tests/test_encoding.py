@@ -31,17 +31,37 @@ def test_bottom_up_hierarchy_follows_the_means_upwards(x):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_top_down_hierarchy_combines_precisions_at_the_top_mean(x):
-    vae = VAE(data_shape=(1, 8, 8), latent_dim=[4, 2], inference="top-down").eval()
+def precision_weighted(loc_q, logvar_q, loc_p, logvar_p):
+    precision = torch.exp(-logvar_q) + torch.exp(-logvar_p)
+    return (loc_q * torch.exp(-logvar_q) + loc_p * torch.exp(-logvar_p)) / precision, -torch.log(precision)
+
+
+def residual_normal(shift, log_scale2, loc_p, logvar_p):
+    return loc_p + logvar_p.mul(0.5).exp() * shift, logvar_p + log_scale2
+
+
+@pytest.mark.parametrize("inference, combine", [("top-down", precision_weighted), ("residual", residual_normal)])
+def test_top_down_hierarchies_combine_the_pass_with_the_prior_at_the_top_mean(x, inference, combine):
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=[4, 2], inference=inference).eval()
     codes = encode(vae, x)
     with torch.no_grad():
         (loc_q, logvar_q), (top, _) = vae.encode_layers(x)
-        loc_p, logvar_p = gaussian_params(vae.downward[0](top))
-        precision = torch.exp(-logvar_q) + torch.exp(-logvar_p)
-        loc = (loc_q * torch.exp(-logvar_q) + loc_p * torch.exp(-logvar_p)) / precision
+        loc, logvar = combine(loc_q, logvar_q, *gaussian_params(vae.downward[0](top)))
     np.testing.assert_allclose(codes["z2_mean"], top.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(codes["z1_mean"], loc.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(codes["z1_logvar"], (-torch.log(precision)).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(codes["z1_logvar"], logvar.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("inference", ["bottom-up", "top-down", "residual"])
+def test_guide_means_are_the_codes_along_the_path_of_means(x, inference):
+    """VAE.guide_means (reconstructions, posterior_means) against encode, which runs the guide
+    itself with every latent site set to its mean."""
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=[4, 3, 2], inference=inference).eval()
+    codes = encode(vae, x)
+    with torch.no_grad():
+        means = vae.guide_means(x)
+    for layer, mean in enumerate(means, start=1):
+        np.testing.assert_allclose(codes[f"z{layer}_mean"], mean.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_encode_uses_running_statistics_and_leaves_the_mode_and_rng(x):

@@ -33,7 +33,7 @@ def test_one_layer_hierarchy_is_the_plain_vae(digits):
     assert losses[0] == losses[1]
 
 
-@pytest.mark.parametrize("inference", ["bottom-up", "top-down"])
+@pytest.mark.parametrize("inference", ["bottom-up", "top-down", "residual"])
 def test_sites_are_named_per_layer_and_usable_with_handlers(inference):
     vae = VAE(data_shape=6, latent_dim=[4, 3, 2], inference=inference, beta=[1.0, 2.0, 0.0])
     x = torch.bernoulli(torch.full((5, 6), 0.5))
@@ -121,7 +121,8 @@ def test_estimator_converges_on_linear_gaussian_hierarchy_with_rough_guide():
 
 
 @pytest.mark.parametrize(
-    "inference, objective", [("bottom-up", "elbo"), ("bottom-up", "iwae"), ("top-down", "elbo-analytic")]
+    "inference, objective", [("bottom-up", "elbo"), ("bottom-up", "iwae"), ("top-down", "elbo-analytic"),
+                             ("residual", "elbo-analytic")]
 )
 def test_hierarchy_trains(tmp_path, inference, objective):
     config = {

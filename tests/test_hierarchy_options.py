@@ -178,6 +178,28 @@ def test_ladder_does_not_collapse_on_digits_with_the_defaults(tmp_path):
     assert last["val_elbo"] > baseline + 1.0
 
 
+def test_residual_guide_kl_depends_on_the_bottom_up_pass_alone():
+    """q(z1|z2,x) = N(μ + σ μ̂, σ² σ̂²) against p(z1|z2) = N(μ, σ²): the KL is
+    ½ Σ (μ̂² + σ̂² − log σ̂² − 1) whatever the prior's network, which moves q's mean only."""
+    vae = small_vae("residual")
+
+    def z1_terms():
+        pyro.set_rng_seed(0)
+        guide = poutine.trace(vae.guide).get_trace(X)
+        model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(X)
+        q, p = guide.nodes["z1"]["fn"].base_dist, model.nodes["z1"]["fn"].base_dist
+        return kl_divergence(q, p), q.loc
+
+    with torch.no_grad():
+        kl, loc = z1_terms()
+        shift, log_scale2 = vae.encode_layers(X)[0]
+        assert torch.allclose(kl, 0.5 * (shift**2 + log_scale2.exp() - log_scale2 - 1), atol=1e-5)
+        for parameter in vae.downward.parameters():
+            parameter.add_(0.3)
+        moved_kl, moved_loc = z1_terms()
+    assert torch.allclose(moved_kl, kl, atol=1e-5) and not torch.allclose(moved_loc, loc)
+
+
 def test_skip_connections_feed_every_layer_to_the_decoder():
     torch.manual_seed(0)
     vae = VAE(data_shape=6, latent_dim=[3, 2], skip_connections=True)

@@ -74,7 +74,7 @@ VALID_ARGS = {
     "encoder": st.sampled_from([{"name": "mlp", "hidden": [4]}, {"name": "mlp", "hidden": []},
                                 {"name": "mlp", "hidden": [3, 2], "activation": "tanh"}]),
     "decoder": st.sampled_from([{"name": "mlp", "hidden": [4]}, {"name": "mlp", "hidden": [5, 3]}]),
-    "inference": st.sampled_from(["bottom-up", "top-down"]),
+    "inference": st.sampled_from(["bottom-up", "top-down", "residual"]),
     "beta": st.one_of(st.floats(0, 10), st.integers(0, 3)),
 }
 JUNK_ARGS = {
@@ -270,7 +270,7 @@ VALID = {
     "model.decoder.activation": ["softplus", "gelu"],
     "model.latent_network.hidden": ["[4]"],
     "model.latent_network.activation": ["relu"],
-    "model.inference": ["bottom-up", "top-down"],
+    "model.inference": ["bottom-up", "top-down", "residual"],
     "objective.name": ["elbo", "elbo-analytic", "iwae"],
     "objective.num_particles": ["1", "2"],
     "beta_schedule.name": ["constant", "linear", "cyclical"],
