@@ -233,7 +233,7 @@ def markdown(rows):
     if curves:
         epochs = sorted({point["epoch"] for r in curves for point in r["curve"]})
         at = {(r["variant"], p["epoch"]): p for r in curves for p in r["curve"]}
-        lines += ["", f"Learning curve: test log p̂(x) on the first {args_curve(curves)} test images",
+        lines += ["", f"Learning curve: test log p̂(x), {args_curve(curves)}",
                   "", "| epoch | " + " | ".join(r["variant"] for r in curves) + " |",
                   "|---:|" + "---:|" * len(curves)]
         for epoch in epochs:
@@ -244,8 +244,8 @@ def markdown(rows):
 
 
 def args_curve(rows):
-    """"N, K = k" of the learning curves (as recorded in the rows)."""
-    return f"{rows[0]['curve_points']}, K = {rows[0]['curve_samples']}"
+    """"K = k on the first N test images" of the learning curves (as recorded in the rows)."""
+    return f"K = {rows[0]['curve_samples']} on the first {rows[0]['curve_points']} test images"
 
 
 def main(argv=None):
