@@ -65,6 +65,7 @@ PAPER = {
     ("elbo", 2, 1): (85.33, "16+5"), ("elbo", 2, 5): (85.01, "17+5"), ("elbo", 2, 50): (84.78, "17+5"),
     ("iwae", 2, 5): (83.89, "21+5"), ("iwae", 2, 50): (82.90, "26+7"),
 }
+CURVE = "curve.jsonl"
 OPTIONS = ("plain", "bn", "fb", "warm", "td", "res", "skip", "an")
 
 
@@ -151,13 +152,19 @@ def make_config(name, args):
     return configuration.resolve(user), (objective, layers, k, options)
 
 
+def read_curve(out_dir):
+    """The learning-curve records of a run directory (``[]`` before the first)."""
+    path = out_dir / CURVE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def curve_hook(out_dir, args):
     """An ``on_epoch`` hook: at the epochs of ``--curve-epochs``, test log p̂(x) (K =
     ``--curve-samples``) on the first ``--curve-points`` test images, one line per epoch in
     ``curve.jsonl``. The RNG state is restored afterwards, so the training run is the one
     it would be without the curve (and resume stays exact)."""
-    path = out_dir / "curve.jsonl"
-    done = {json.loads(line)["epoch"] for line in path.read_text().splitlines()} if path.exists() else set()
+    path = out_dir / CURVE
+    done = {point["epoch"] for point in read_curve(out_dir)}
 
     def hook(record, run):
         if record["epoch"] not in args.curve_epochs or record["epoch"] in done:
@@ -197,7 +204,7 @@ def train_and_evaluate(name, args):
                out_dir / "eval_points.pt")
     summary = latent_summary(vae, x)
     mean, stderr = result.mean()
-    metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line]
+    metrics = rundir.read_metrics()
     paper = PAPER.get((objective, layers, k))
     row = {
         "variant": name, "objective": objective, "layers": layers, "k": k, "options": options,
@@ -210,8 +217,7 @@ def train_and_evaluate(name, args):
         "khat_frac_bad": result.khat_frac_bad, "num_samples": args.num_samples, "num_points": len(x),
         "eval_seconds": eval_seconds,
         "curve_points": args.curve_points, "curve_samples": args.curve_samples,
-        "curve": [json.loads(line) for line in (out_dir / "curve.jsonl").read_text().splitlines()]
-        if (out_dir / "curve.jsonl").exists() else [],
+        "curve": read_curve(out_dir),
         "paper_log_px": None if paper is None else -paper[0],
         "paper_active_units": None if paper is None else paper[1],
     }
@@ -233,7 +239,9 @@ def markdown(rows):
     if curves:
         epochs = sorted({point["epoch"] for r in curves for point in r["curve"]})
         at = {(r["variant"], p["epoch"]): p for r in curves for p in r["curve"]}
-        lines += ["", f"Learning curve: test log p̂(x), {args_curve(curves)}",
+        first = curves[0]
+        lines += ["", f"Learning curve: test log p̂(x), K = {first['curve_samples']} on the first "
+                  f"{first['curve_points']} test images",
                   "", "| epoch | " + " | ".join(r["variant"] for r in curves) + " |",
                   "|---:|" + "---:|" * len(curves)]
         for epoch in epochs:
@@ -241,11 +249,6 @@ def markdown(rows):
                      for r in curves]
             lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def args_curve(rows):
-    """"K = k on the first N test images" of the learning curves (as recorded in the rows)."""
-    return f"K = {rows[0]['curve_samples']} on the first {rows[0]['curve_points']} test images"
 
 
 def main(argv=None):

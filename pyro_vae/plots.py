@@ -592,9 +592,14 @@ def plot_marginal_diagnostics(result):
     axes[1].legend(fontsize=8)
     axes[2].hist(ess, bins=30, color="C2")
     axes[2].set_xlabel("ESS / K")
+    return _histogram_row(figure, axes, f"Importance-sampling diagnostics, K = {result.num_samples}")
+
+
+def _histogram_row(figure, axes, title):
+    """Label a row of per-point histograms (y: data points) and title the figure."""
     for ax in axes:
         ax.set_ylabel("data points")
-    figure.suptitle(f"Importance-sampling diagnostics, K = {result.num_samples}", fontsize=10)
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return figure
 
@@ -624,11 +629,8 @@ def plot_ais_diagnostics(result):
     axes[1].set_xlabel("mean HMC acceptance")
     axes[2].hist(result.ess.cpu().numpy() / result.num_chains, bins=30, color="C2")
     axes[2].set_xlabel("ESS / C of the chains' weights")
-    for ax in axes:
-        ax.set_ylabel("data points")
-    figure.suptitle(f"AIS diagnostics, {result.num_chains} chains x {result.num_steps} steps", fontsize=10)
-    figure.tight_layout()
-    return figure
+    title = f"AIS diagnostics, {result.num_chains} chains x {result.num_steps} steps"
+    return _histogram_row(figure, axes, title)
 
 
 def plot_estimator_comparison(result):
