@@ -23,26 +23,33 @@ import torch
 from pyro_vae import log_likelihood, train
 from pyro_vae.diagnostics import ACTIVE_UNIT_THRESHOLD, elbo_terms, latent_summary
 
-PLAIN = {"batch_norm": False}
+PLAIN = {"latent_network": {"batch_norm": False, "zero_init_head": False},
+         "conditional_variance": "learned"}  # the model's options as before any of them came
+FREE_BITS = {"objective": {"name": "elbo", "free_bits": 0.1}}
+WARM_UP = {"beta_schedule": {"name": "linear", "warmup_epochs": [5, 10]}}
+
+
+def hierarchy(inference, plain=False, **model):
+    """A 16 + 8 hierarchy's ``model`` section: the library's defaults unless ``plain``."""
+    return {"model": {"latent_dim": [16, 8], "inference": inference, **(PLAIN if plain else {}), **model}}
+
+
 VARIANTS = {
     "flat": {"model": {"latent_dim": 16}},
-    "bottom-up-plain": {"model": {"latent_dim": [16, 8], "latent_network": PLAIN}},
-    "bottom-up": {"model": {"latent_dim": [16, 8]}},
-    "ladder-plain": {"model": {"latent_dim": [16, 8], "inference": "top-down", "latent_network": PLAIN}},
-    "ladder": {"model": {"latent_dim": [16, 8], "inference": "top-down"}},
-    "ladder-fb": {"model": {"latent_dim": [16, 8], "inference": "top-down"},
-                  "objective": {"name": "elbo", "free_bits": 0.1}},
-    "ladder-warm": {"model": {"latent_dim": [16, 8], "inference": "top-down"},
-                    "beta_schedule": {"name": "linear", "warmup_epochs": [5, 10]}},
-    "residual": {"model": {"latent_dim": [16, 8], "inference": "residual"}},
-    "residual-plain": {"model": {"latent_dim": [16, 8], "inference": "residual", "latent_network": PLAIN}},
-    "residual-fb": {"model": {"latent_dim": [16, 8], "inference": "residual"},
-                    "objective": {"name": "elbo", "free_bits": 0.1}},
-    "ladder-skip": {"model": {"latent_dim": [16, 8], "inference": "top-down", "skip_connections": True}},
-    "ladder-plain-fb": {"model": {"latent_dim": [16, 8], "inference": "top-down", "latent_network": PLAIN},
-                        "objective": {"name": "elbo", "free_bits": 0.1}},
-    "ladder-plain-warm": {"model": {"latent_dim": [16, 8], "inference": "top-down", "latent_network": PLAIN},
-                          "beta_schedule": {"name": "linear", "warmup_epochs": [5, 10]}},
+    "bottom-up-plain": hierarchy("bottom-up", plain=True),
+    "bottom-up": hierarchy("bottom-up"),
+    "ladder-plain": hierarchy("top-down", plain=True),
+    "ladder": hierarchy("top-down"),
+    "ladder-fb": {**hierarchy("top-down"), **FREE_BITS},
+    "ladder-warm": {**hierarchy("top-down"), **WARM_UP},
+    "residual": {"model": {"latent_dim": [16, 8]}},  # the library's defaults for a hierarchy
+    "residual-randhead": hierarchy("residual", latent_network={"zero_init_head": False}),
+    "residual-learnedvar": hierarchy("residual", conditional_variance="learned"),
+    "residual-plain": hierarchy("residual", plain=True),
+    "residual-fb": {**hierarchy("residual"), **FREE_BITS},
+    "ladder-skip": hierarchy("top-down", skip_connections=True),
+    "ladder-plain-fb": {**hierarchy("top-down", plain=True), **FREE_BITS},
+    "ladder-plain-warm": {**hierarchy("top-down", plain=True), **WARM_UP},
 }
 
 

@@ -18,8 +18,12 @@ prior): one layer 784-200-200-50 / 50-200-200-784; two layers 784-200-200-100 th
 100-100-100-50 bottom-up, and the reverse for generation. Variant names are
 ``{vae,iwae}-{1l,2l}[-kK][-option...]``: ``vae`` the ELBO (one particle unless ``-kK``),
 ``iwae`` the importance-weighted bound with K = 5 (or ``-kK``); options of a two-layer
-model: ``plain`` (no hierarchy option: the latent networks without batch normalisation),
-``bn`` (the library's default: batch normalisation in the latent networks), ``fb`` (free
+model: ``plain`` (the latent networks without batch normalisation), ``bn`` (the library's
+default: batch normalisation in the latent networks), ``randhead`` (the latent networks'
+heads randomly initialised instead of the library's default ``zero_init_head``; with
+``plain``, the latent networks as before either option came), ``narrow`` (z1 of 50
+units, as wide as the one-layer model's z, instead of the paper's 100), ``unitvar``
+(``conditional_variance: unit``: p(z1|z2) = N(μ1(z2), I), only its mean learned), ``fb`` (free
 bits, λ = ``--fb`` nats per dimension, 0.1 by default, or per layer with ``--fb-per
 layer``), ``warm`` (per-layer KL warm-up, β from 0 to 1 over the first 20 % of the epochs
 for z1 and 40 % for z2), ``td`` (the top-down / ladder guide), ``res`` (the top-down guide
@@ -66,7 +70,7 @@ PAPER = {
     ("iwae", 2, 5): (83.89, "21+5"), ("iwae", 2, 50): (82.90, "26+7"),
 }
 CURVE = "curve.jsonl"
-OPTIONS = ("plain", "bn", "fb", "warm", "td", "res", "skip", "an")
+OPTIONS = ("plain", "bn", "randhead", "narrow", "unitvar", "fb", "warm", "td", "res", "skip", "an")
 
 
 def compressed_milestones(epochs, stages=PAPER_STAGES):
@@ -124,7 +128,11 @@ def model_section(layers, options):
         latent = {"name": "mlp", "hidden": [100, 100], "activation": "tanh"}
         if "plain" in options:
             latent["batch_norm"] = False
-        model.update(latent_dim=[100, 50], latent_network=latent, skip_connections="skip" in options,
+        if "randhead" in options:
+            latent["zero_init_head"] = False
+        model.update(latent_dim=[50 if "narrow" in options else 100, 50], latent_network=latent,
+                     skip_connections="skip" in options,
+                     conditional_variance="unit" if "unitvar" in options else "learned",
                      inference="top-down" if "td" in options else "residual" if "res" in options
                      else "bottom-up")
     return model

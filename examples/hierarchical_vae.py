@@ -12,8 +12,10 @@ path: ``pyro_vae.train`` (per-layer KL and active units in ``metrics.jsonl``),
 run's directory is ``<out>/<name>/``; the comparison is printed and written to
 ``<out>/hierarchy.json``.
 
-Runs (``--runs``): ``one-layer``; ``two-layer`` (bottom-up guide q(z1|x) q(z2|z1), objective
-``elbo``); ``ladder`` (top-down guide, the closed-form KL of ``elbo-analytic``).
+Runs (``--runs``): ``one-layer``; ``two-layer`` (the library's defaults for a hierarchy: the
+residual top-down guide, latent networks with batch normalisation and zero-initialised
+heads, p(z1|z2) with unit variance; objective ``elbo``); ``ladder`` (the precision-weighted
+top-down guide, the closed-form KL of ``elbo-analytic``).
 """
 
 import argparse

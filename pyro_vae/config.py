@@ -26,9 +26,11 @@ DEFAULTS = {
         "likelihood": "bernoulli",
         "encoder": {"name": "mlp", "hidden": [128], "activation": "relu"},
         "decoder": {"name": "mlp", "hidden": [128], "activation": "relu"},
-        "latent_network": {"name": "mlp", "hidden": [100, 100], "activation": "tanh", "batch_norm": True},
-        "inference": "bottom-up",
+        "latent_network": {"name": "mlp", "hidden": [100, 100], "activation": "tanh", "batch_norm": True,
+                           "zero_init_head": True},
+        "inference": "residual",
         "skip_connections": False,
+        "conditional_variance": "unit",
     },
     "objective": {"name": "elbo", "num_particles": 1},
     "beta_schedule": {"name": "constant", "beta": 1.0},
@@ -156,8 +158,11 @@ def stored_run_defaults():
     """The defaults a stored run's ``config.yaml`` is read against: :data:`DEFAULTS`, except
     that an option added after runs were written takes the value that keeps those runs as
     they were trained (a stored config holds every key, so only older runs lack one):
-    ``batch_norm`` of the latent networks, on by default since it came, was off before."""
-    return merge(DEFAULTS, {"model": {"latent_network": {"batch_norm": False}}})
+    ``batch_norm`` and ``zero_init_head`` of the latent networks, on by default since they
+    came, were off before; the guide of a hierarchy was ``bottom-up`` before ``residual``
+    became the default, and the variance of p(z_l | z_{l+1}) was learned before ``unit``."""
+    return merge(DEFAULTS, {"model": {"latent_network": {"batch_norm": False, "zero_init_head": False},
+                                      "inference": "bottom-up", "conditional_variance": "learned"}})
 
 
 def resolve(user_config=None, overrides=(), base=DEFAULTS):

@@ -10,9 +10,12 @@ Convention (any ``nn.Module`` that follows it can be passed instead of a name):
 Builders receive ``in_shape`` and ``out_shape`` from the library, so the output head
 always matches the latent size and the chosen likelihood. Registered networks:
 
-* ``mlp`` [hidden, activation, batch_norm]: fully connected, any shapes; ``batch_norm: true``
-  puts a :class:`StepBatchNorm` between each hidden layer and its activation (Sønderby et
-  al. 2016 use batch normalisation in every deterministic layer);
+* ``mlp`` [hidden, activation, batch_norm, zero_init_head]: fully connected, any shapes;
+  ``batch_norm: true`` puts a :class:`StepBatchNorm` between each hidden layer and its
+  activation (Sønderby et al. 2016 use batch normalisation in every deterministic layer);
+  ``zero_init_head: true`` starts the linear head at zero weights and bias, so the network
+  outputs zeros until it has learned otherwise (the latent networks of a hierarchy, which
+  then start at p(z_l | z_{l+1}) = N(0, I), see :class:`pyro_vae.model.VAE`);
 * ``conv`` [channels, hidden, activation]: for images ``(C, H, W)``. As an encoder,
   stride-2 convolutions (kernel 4) halve H and W once per entry of ``channels``, then a
   hidden dense layer and a linear head; as a decoder, the mirror image (dense layers, then
@@ -97,10 +100,12 @@ class StepBatchNorm(nn.BatchNorm1d):
 class MLP(Network):
     """Fully connected network: flatten ``in_shape``, hidden layers, linear head to ``out_shape``."""
 
-    def __init__(self, in_shape, out_shape, hidden=(400,), activation="relu", batch_norm=False):
+    def __init__(self, in_shape, out_shape, hidden=(400,), activation="relu", batch_norm=False,
+                 zero_init_head=False):
         super().__init__(in_shape, out_shape)
-        if not isinstance(batch_norm, bool):
-            raise ConfigError(f"Option 'batch_norm' of 'mlp' must be true or false, got {batch_norm!r}.")
+        for option, value in (("batch_norm", batch_norm), ("zero_init_head", zero_init_head)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"Option '{option}' of 'mlp' must be true or false, got {value!r}.")
         widths = [math.prod(self.in_shape), *_check_widths(hidden)]
         layers = [nn.Flatten()]
         for width_in, width_out in zip(widths[:-1], widths[1:]):
@@ -108,8 +113,11 @@ class MLP(Network):
             if batch_norm:
                 layers.append(StepBatchNorm(width_out))
             layers.append(make_activation(activation))
-        layers.append(nn.Linear(widths[-1], math.prod(self.out_shape)))
-        self.net = nn.Sequential(*layers)
+        head = nn.Linear(widths[-1], math.prod(self.out_shape))
+        if zero_init_head:  # after the default initialisation, so the random stream is the same
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        self.net = nn.Sequential(*layers, head)
 
 
 @NETWORKS.register("conv")

@@ -28,7 +28,8 @@ class Affine(nn.Module):
 
 
 def bottom_up(encoder, upward, data_dim=4, dims=(2, 2)):
-    vae = VAE(data_shape=data_dim, latent_dim=list(dims), likelihood={"name": "gaussian", "scale": 1.0})
+    vae = VAE(data_shape=data_dim, latent_dim=list(dims), likelihood={"name": "gaussian", "scale": 1.0},
+              inference="bottom-up")
     vae.encoder, vae.upward[0] = encoder, upward
     return vae
 
@@ -74,7 +75,7 @@ def test_linear_gaussian_top_down_variances_match_the_closed_form():
     E_q[z1|x] = (μ̂1 P̂1 + a μ̂2 P)/(P̂1 + P), with P̂1 = 1/σ̂1², P = 1/s²."""
     torch.manual_seed(2)
     vae = VAE(data_shape=3, latent_dim=[1, 1], inference="top-down",
-              likelihood={"name": "gaussian", "scale": 1.0})
+              likelihood={"name": "gaussian", "scale": 1.0}, conditional_variance="learned")
     w1, v1 = torch.tensor([[0.8, -0.4, 0.3]]), 0.5
     b2, v2 = 0.7, 0.2
     a, s2 = 1.5, 0.25

@@ -8,6 +8,10 @@ from pyro_vae import VAE
 from pyro_vae.encoding import encode, save_codes
 from pyro_vae.model import gaussian_params
 
+# latent networks with random heads: with the default zero heads every p(z_l|z_{l+1}) starts as
+# N(0, I), which would make the combination of the two passes trivial
+RANDOM_HEADS = {"name": "mlp", "hidden": [16], "batch_norm": True, "zero_init_head": False}
+
 
 @pytest.fixture
 def x():
@@ -40,14 +44,17 @@ def residual_normal(shift, log_scale2, loc_p, logvar_p):
     return loc_p + logvar_p.mul(0.5).exp() * shift, logvar_p + log_scale2
 
 
+@pytest.mark.parametrize("conditional_variance", ["learned", "unit"])
 @pytest.mark.parametrize("inference, combine",
                          [("top-down", precision_weighted), ("residual", residual_normal)])
-def test_top_down_hierarchies_combine_the_pass_with_the_prior_at_the_top_mean(x, inference, combine):
-    vae = VAE(data_shape=(1, 8, 8), latent_dim=[4, 2], inference=inference).eval()
+def test_top_down_hierarchies_combine_the_pass_with_the_prior_at_the_top_mean(
+        x, inference, combine, conditional_variance):
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=[4, 2], inference=inference, latent_network=RANDOM_HEADS,
+              conditional_variance=conditional_variance).eval()
     codes = encode(vae, x)
     with torch.no_grad():
         (loc_q, logvar_q), (top, _) = vae.encode_layers(x)
-        loc, logvar = combine(loc_q, logvar_q, *gaussian_params(vae.downward[0](top)))
+        loc, logvar = combine(loc_q, logvar_q, *vae.conditional_params(0, top))
     np.testing.assert_allclose(codes["z2_mean"], top.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(codes["z1_mean"], loc.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(codes["z1_logvar"], logvar.numpy(), rtol=1e-4, atol=1e-5)
@@ -57,7 +64,8 @@ def test_top_down_hierarchies_combine_the_pass_with_the_prior_at_the_top_mean(x,
 def test_guide_means_are_the_codes_along_the_path_of_means(x, inference):
     """VAE.guide_means (reconstructions, posterior_means) against encode, which runs the guide
     itself with every latent site set to its mean."""
-    vae = VAE(data_shape=(1, 8, 8), latent_dim=[4, 3, 2], inference=inference).eval()
+    vae = VAE(data_shape=(1, 8, 8), latent_dim=[4, 3, 2], inference=inference,
+              latent_network=RANDOM_HEADS).eval()
     codes = encode(vae, x)
     with torch.no_grad():
         means = vae.guide_means(x)

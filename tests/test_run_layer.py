@@ -266,7 +266,9 @@ def test_parts_get_the_context_only_when_they_ask_for_it(tmp_path, monkeypatch):
 
 def test_a_run_stored_before_an_option_existed_reads_with_its_old_behaviour(tmp_path):
     """Stored configs hold every key; one written before latent-network batch normalisation
-    existed lacks the key and must read as off (as it was trained), a new one keeps its value."""
+    and zero-initialised heads existed lacks the keys and must read as off (as it was
+    trained), one without ``inference`` and ``conditional_variance`` as the former
+    defaults (bottom-up, learned); a new one keeps its values."""
     import yaml
 
     from pyro_vae import train
@@ -274,9 +276,16 @@ def test_a_run_stored_before_an_option_existed_reads_with_its_old_behaviour(tmp_
 
     run_dir = tmp_path / "run"
     train({"model": {"latent_dim": [4, 2]}, "train": {"epochs": 1}}, run_dir, progress=False)
-    assert RunDir(run_dir).config["model"]["latent_network"]["batch_norm"] is True
+    for option in ("batch_norm", "zero_init_head"):
+        assert RunDir(run_dir).config["model"]["latent_network"][option] is True
     path = run_dir / "config.yaml"
     stored = yaml.safe_load(path.read_text())
-    del stored["model"]["latent_network"]["batch_norm"]
+    assert stored["model"]["inference"] == "residual" and stored["model"]["conditional_variance"] == "unit"
+    for option in ("batch_norm", "zero_init_head"):
+        del stored["model"]["latent_network"][option]
+    del stored["model"]["inference"], stored["model"]["conditional_variance"]
     path.write_text(yaml.safe_dump(stored))
-    assert RunDir(run_dir).config["model"]["latent_network"]["batch_norm"] is False
+    for option in ("batch_norm", "zero_init_head"):
+        assert RunDir(run_dir).config["model"]["latent_network"][option] is False
+    old = RunDir(run_dir).config["model"]
+    assert (old["inference"], old["conditional_variance"]) == ("bottom-up", "learned")
