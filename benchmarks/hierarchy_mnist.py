@@ -30,7 +30,10 @@ for z1 and 40 % for z2), ``td`` (the top-down / ladder guide), ``res`` (the top-
 with residual normals, ``inference: residual``), ``skip`` (skip connections: the decoder
 sees z1 and z2). ``an`` (any model) trains ``vae`` with the KL in closed form where it has
 one (``elbo-analytic``).
-Without ``plain`` the library's defaults apply (``bn``).
+Without ``plain`` the latent networks have the library's batch normalisation (``bn``), without
+``randhead`` its zero heads; without ``unitvar`` p(z1|z2) keeps a learned variance (the default
+before ``unit``), and without ``td``/``res`` the guide is bottom-up, so every variant runs as
+it did when its numbers were measured.
 
 Schedules (``--schedule``): ``burda`` compresses the paper's (8 stages, stage i at learning
 rate 1e-3·10^(−i/7) for 3^i epochs, 3280 epochs in all) to ``--epochs``: every stage keeps
