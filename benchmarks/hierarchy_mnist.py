@@ -25,8 +25,9 @@ heads randomly initialised instead of the library's default ``zero_init_head``; 
 units, as wide as the one-layer model's z, instead of the paper's 100), ``unitvar``
 (``conditional_variance: unit``: p(z1|z2) = N(μ1(z2), I), only its mean learned), ``fb`` (free
 bits, λ = ``--fb`` nats per dimension, 0.1 by default, or per layer with ``--fb-per
-layer``), ``warm`` (per-layer KL warm-up, β from 0 to 1 over the first 20 % of the epochs
-for z1 and 40 % for z2), ``td`` (the top-down / ladder guide), ``res`` (the top-down guide
+layer``; with ``--fb-decay T`` λ decays linearly to 0 over the first T epochs), ``warm``
+(per-layer KL warm-up, β from 0 to 1 over the first 20 % of the epochs for z1 and 40 % for
+z2), ``td`` (the top-down / ladder guide), ``res`` (the top-down guide
 with residual normals, ``inference: residual``), ``skip`` (skip connections: the decoder
 sees z1 and z2). ``an`` (any model) trains ``vae`` with the KL in closed form where it has
 one (``elbo-analytic``).
@@ -156,7 +157,9 @@ def make_config(name, args):
     if args.schedule == "burda":
         user["optim"].update(lr_decay=STAGE_DECAY, lr_milestones=compressed_milestones(args.epochs))
     if "fb" in options:
-        user["objective"].update(free_bits=args.fb, free_bits_per=args.fb_per)
+        free_bits = args.fb if args.fb_decay is None else {
+            "name": "linear", "start": args.fb, "beta": 0.0, "warmup_epochs": args.fb_decay}
+        user["objective"].update(free_bits=free_bits, free_bits_per=args.fb_per)
     if "warm" in options:
         user["beta_schedule"] = {"name": "linear", "beta": 1.0, "start": 0.0,
                                  "warmup_epochs": [0.2 * args.epochs, 0.4 * args.epochs]}
@@ -272,6 +275,8 @@ def main(argv=None):
     parser.add_argument("--fb", type=float, default=0.1, help="free bits λ (nats per group) of 'fb'")
     parser.add_argument("--fb-per", choices=("dimension", "layer"), default="dimension",
                         help="the groups of free bits: one latent dimension, or one layer")
+    parser.add_argument("--fb-decay", type=float, default=None,
+                        help="epochs over which the free bits of 'fb' decay linearly to 0 (default: none)")
     parser.add_argument("--test-points", type=int, default=2000)
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--eval-batch-size", type=int, default=20)

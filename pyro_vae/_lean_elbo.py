@@ -271,13 +271,24 @@ class FreeBitsELBO(Trace_ELBO):
     has one for the site (``analytic=True``, the objective ``elbo-analytic``), else the Monte
     Carlo term log q(z|·) − log p(z|·) at the drawn z (the objective ``elbo``). β_l is the
     site's scale (``poutine.scale``); sites masked out (β = 0) are dropped.
+
+    ``free_bits`` is λ or a schedule t -> λ(t) (t in epochs), e.g. one that decays to 0 so
+    that training ends on the ELBO (a closed-form KL is never negative, so λ = 0 clamps
+    nothing); :meth:`at_epoch` sets λ(t), and the trainer calls it before each step, as it
+    sets β.
     """
 
     def __init__(self, free_bits, per="dimension", analytic=False, **kwargs):
         super().__init__(**kwargs)
-        self.free_bits = float(free_bits)
+        self.schedule = free_bits if callable(free_bits) else None
+        self.free_bits = float(free_bits(0.0) if self.schedule else free_bits)
         self.per = per
         self.analytic = analytic
+
+    def at_epoch(self, t):
+        """Set λ to the schedule's λ(t) at training progress ``t`` (epochs, fractional within one)."""
+        if self.schedule is not None:
+            self.free_bits = float(self.schedule(t))
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         total = None

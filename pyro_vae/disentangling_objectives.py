@@ -60,7 +60,7 @@ from torch.distributions import kl_divergence
 
 from .errors import ConfigError
 from .registry import BuildContext
-from .schedules import BETA_SCHEDULES
+from .schedules import scalar_schedule
 from .validation import check_choice, check_ints, check_number
 
 __all__ = [
@@ -345,11 +345,7 @@ def capacity(context, capacity=None):
     (default ``{name: linear, start: 0, beta: 25, warmup_epochs: 10}``: the schedule's ``beta`` is C_max)."""
     if capacity is None:
         capacity = {"name": "linear", "start": 0.0, "beta": 25.0, "warmup_epochs": 10}
-    elif not isinstance(capacity, (str, dict)):
-        capacity = {"name": "constant", "beta": _weight(capacity, "capacity")}
-    schedule = BETA_SCHEDULES.build(capacity, context)
-    if isinstance(schedule(0.0), list):
-        raise ConfigError("objective 'capacity': C(t) must be one number, not one per layer.")
+    schedule = scalar_schedule(capacity, "objective 'capacity': C(t)", context)
     return CapacityVAE(_dataset_size(context), schedule)
 
 

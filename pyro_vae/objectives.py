@@ -13,8 +13,13 @@ Objectives (``max_plate_nesting=1``: the data plate; particles are vectorised):
 ``elbo`` and ``elbo-analytic`` take ``free_bits`` (λ ≥ 0 nats, default 0: off) and
 ``free_bits_per`` (``dimension``, the default, or ``layer``): the KL term of each latent
 dimension (or layer), averaged over the batch, enters the loss as max(λ, KL̄), Kingma et
-al. (2016); see :class:`FreeBitsELBO`. It is a training objective, not a bound to report:
-evaluation uses the unmodified densities.
+al. (2016); see :class:`FreeBitsELBO`. ``free_bits`` may also be a schedule spec
+(:func:`~pyro_vae.schedules.scalar_schedule`), e.g. ``{name: linear, start: 0.5, beta: 0,
+warmup_epochs: 100}`` for λ decaying from 0.5 to 0 over 100 epochs, so that training ends on
+the ELBO itself. It is a training objective, not a bound to report: evaluation uses the
+unmodified densities. An objective whose loss follows training progress has a method
+``at_epoch(t)``; the trainer calls it before each step with t in epochs (fractional), as it
+sets β.
 
 What β (the ``beta_schedule``, applied as ``poutine.scale(β)`` on the latent sites of model
 and guide) means per objective: for ``elbo`` and ``elbo-analytic`` the loss is
@@ -44,6 +49,7 @@ from . import disentangling_objectives
 from ._lean_elbo import IWAE, FreeBitsELBO, MeanFieldELBO, TraceELBO
 from .priors import analytic_kl_available
 from .registry import Registry
+from .schedules import scalar_schedule
 from .validation import check_choice, check_int, check_number
 
 __all__ = [
@@ -92,11 +98,14 @@ def _particles(num_particles):
 
 
 def _free_bits(free_bits, free_bits_per, analytic, num_particles):
-    """A :class:`FreeBitsELBO` for λ = ``free_bits`` > 0, else None."""
-    free_bits = check_number(free_bits, "objective option 'free_bits' (nats per group)", minimum=0)
+    """A :class:`FreeBitsELBO` for λ = ``free_bits`` > 0 or a schedule of λ, else None."""
     check_choice(free_bits_per, "objective option 'free_bits_per'", FREE_BITS_GROUPS)
-    if free_bits == 0:
-        return None
+    if isinstance(free_bits, (str, dict)):
+        free_bits = scalar_schedule(free_bits, "objective option 'free_bits' (nats per group)")
+    else:
+        free_bits = check_number(free_bits, "objective option 'free_bits' (nats per group)", minimum=0)
+        if free_bits == 0:
+            return None
     return FreeBitsELBO(free_bits, free_bits_per, analytic, **_particles(num_particles))
 
 

@@ -14,6 +14,10 @@ layer; a schedule's shape f(t) ∈ [0, 1] then applies to every layer:
 * ``cyclical`` (Fu et al. 2019): t is cut into cycles of ``cycle_epochs``; within a
   cycle β rises linearly from 0 to ``beta`` over the first fraction ``ratio`` of the
   cycle and stays there: β(t) = beta·min(1, (t mod L) / (ratio·L)).
+
+The same schedules give the other numbers that follow training progress, one number each
+(:func:`scalar_schedule`): the capacity C(t) of the ``capacity`` objective and the free
+bits λ(t) of ``elbo`` and ``elbo-analytic``.
 """
 
 from .errors import ConfigError
@@ -43,6 +47,18 @@ def _interpolate(start, end, fraction):
     depth = lengths.pop()
     starts, ends, fractions = (v if isinstance(v, tuple) else (v,) * depth for v in values)
     return [s + (e - s) * f for s, e, f in zip(starts, ends, fractions)]
+
+
+def scalar_schedule(spec, what, context=None):
+    """t -> one number, from ``spec``: a number ≥ 0 (constant) or a schedule spec, e.g.
+    ``{name: linear, start: 1.0, beta: 0.0, warmup_epochs: 50}`` (1 at t = 0, down to 0 at
+    t = 50); ``what`` names the option in errors. Per-layer lists are refused."""
+    if not isinstance(spec, (str, dict)):
+        spec = {"name": "constant", "beta": check_number(spec, what, minimum=0)}
+    schedule = BETA_SCHEDULES.build(spec, context)
+    if isinstance(schedule(0.0), list):
+        raise ConfigError(f"{what} must be one number, not one per layer.")
+    return schedule
 
 
 @BETA_SCHEDULES.register("constant")

@@ -211,6 +211,7 @@ class Trainer:
         self.best = None  # (val_elbo, epoch) of the best validated epoch so far
         config = run.config
         self.objective = OBJECTIVES.build(config["objective"], run.context)
+        self.objective_at_epoch = getattr(self.objective, "at_epoch", None)  # a loss that follows progress
         check_compatible(config["objective"], run.vae)
         self.schedule = BETA_SCHEDULES.build(config["beta_schedule"], run.context)
         check_beta_schedule(config["objective"], self.schedule, config["train"]["epochs"])
@@ -346,7 +347,10 @@ class Trainer:
         show_postfix = not bar.disable
         next_postfix = time.monotonic()
         for step, x in enumerate(run.train_batches(batch_size, generator, self.ctx)):
-            vae.beta = self.schedule(self.epoch + step / num_batches)
+            progress = self.epoch + step / num_batches
+            vae.beta = self.schedule(progress)
+            if self.objective_at_epoch is not None:
+                self.objective_at_epoch(progress)
             loss = self._step(x)
             pending.append((loss, len(x)))
             if len(pending) >= sync_every or step == num_batches - 1:

@@ -80,6 +80,41 @@ def test_free_bits_zero_is_the_plain_objective_and_bad_options_are_refused():
         OBJECTIVES.build({"name": "elbo", "free_bits": 0.1, "free_bits_per": "unit"})
 
 
+DECAYING = {"name": "linear", "start": 0.4, "beta": 0.0, "warmup_epochs": 4}
+
+
+def test_free_bits_follow_their_schedule_and_end_on_the_elbo():
+    """λ(t) from a schedule spec: 0.4 at t = 0, 0.3 at t = 1, and from t = 4 on λ = 0, where
+    the closed-form loss is the negative ELBO (``TraceMeanField_ELBO``'s, same draw)."""
+    vae = small_vae(beta=[1.0, 0.5])
+    objective = OBJECTIVES.build({"name": "elbo-analytic", "free_bits": DECAYING})
+    assert isinstance(objective, FreeBitsELBO) and objective.free_bits == 0.4
+    objective.at_epoch(1.0)
+    torch.testing.assert_close(seeded(objective, vae), free_bits_by_hand(vae, X, 0.3))
+    objective.at_epoch(6.0)
+    torch.testing.assert_close(seeded(objective, vae), seeded(OBJECTIVES.build("elbo-analytic"), vae))
+    constant = OBJECTIVES.build({"name": "elbo-analytic", "free_bits": 0.2})
+    constant.at_epoch(50.0)
+    assert constant.free_bits == 0.2
+    with pytest.raises(ConfigError, match="free_bits.*one number, not one per layer"):
+        OBJECTIVES.build({"name": "elbo", "free_bits": {"name": "linear", "start": [1.0, 0.5], "beta": 0}})
+    with pytest.raises(ConfigError, match="start"):
+        OBJECTIVES.build({"name": "elbo", "free_bits": {"name": "linear", "start": -1.0}})
+
+
+def test_the_trainer_sets_the_free_bits_of_each_step(tmp_path, monkeypatch):
+    """The trainer calls ``at_epoch(t)`` before every step, t = epoch + step / batches, as it
+    sets β; the run's loss is then the free-bits loss at λ(t)."""
+    seen = []
+    original = FreeBitsELBO.at_epoch
+    monkeypatch.setattr(FreeBitsELBO, "at_epoch", lambda self, t: (seen.append(t), original(self, t)))
+    config = {"data": {"name": "digits"}, "train": {"epochs": 2, "batch_size": 512},
+              "objective": {"name": "elbo-analytic", "free_bits": DECAYING}}
+    run = train(config, tmp_path / "run", progress=False)
+    batches = -(-len(run.splits.train) // 512)
+    assert seen == [epoch + step / batches for epoch in range(2) for step in range(batches)]
+
+
 def test_monte_carlo_free_bits_clamp_the_batch_mean_of_the_sampled_kl():
     """``elbo`` with free bits: the clamp applies to mean_n [log q(z_nd) − log p(z_nd)] at the
     drawn z (the bottom-up guide's lower layer, which has no closed form, included)."""
