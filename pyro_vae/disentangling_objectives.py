@@ -16,7 +16,7 @@ one, else :math:`\log q(z_n|x_n) - \log p(z_n)`), over a batch of B points:
 * ``capacity`` (Burgess et al. 2018): :math:`\sum_n -\ell_n + B\,\beta\,|\overline{\mathrm{KL}} - C(t)|`
   with :math:`\overline{\mathrm{KL}}` the batch mean. β is the paper's γ (1000 on dSprites);
   C(t) in nats is any β schedule's value (default: linear from 0 to 25 over 10 epochs),
-  with t counted in training points seen / N (kept in the checkpoint). With C = 0 it is
+  with t the training progress in epochs (``at_epoch(t)``, set by the trainer). With C = 0 it is
   β-VAE with the closed-form KL.
 * ``beta-tcvae`` (Chen et al. 2018): :math:`\log q(z_n|x_n) - \log p(z_n)` split into
   index-code MI :math:`\log q(z_n|x_n) - \log q(z_n)`, total correlation
@@ -45,8 +45,9 @@ one, else :math:`\log q(z_n|x_n) - \log p(z_n)`), over a batch of B points:
   permuted over the batch, with its own Adam optimiser. Its state is in the checkpoint
   (``state_dict``), so resume is exact. One process only (not under ``torchrun``).
 
-``capacity`` and ``factor-vae`` keep state (progress, the discriminator) and expose
-``state_dict``/``load_state_dict``, which the trainer saves and restores with its checkpoint.
+``factor-vae`` keeps state (the discriminator) and exposes ``state_dict``/``load_state_dict``,
+which the trainer saves and restores with its checkpoint; ``capacity`` follows training
+progress through ``at_epoch(t)``, which the trainer calls before each step.
 """
 
 import math
@@ -194,28 +195,21 @@ class BetaTCVAE(_Objective):
 # -- capacity ------------------------------------------------------------------------------------
 
 class CapacityVAE(_Objective):
-    """Capacity-controlled β-VAE (Burgess et al. 2018): Σ −log p(x|z) + B·β·abs(mean KL − C(t))."""
+    """Capacity-controlled β-VAE (Burgess et al. 2018): Σ −log p(x|z) + B·β·abs(mean KL − C(t)).
 
-    def __init__(self, num_train, capacity):
-        self.num_train = num_train
+    t is training progress in epochs; :meth:`at_epoch` sets C(t), and the trainer calls it
+    before each step, as it sets β (in a hand-written ``SVI`` loop, call it yourself)."""
+
+    def __init__(self, capacity):
         self.capacity = capacity
-        self.points_seen = 0
+        self.target = float(capacity(0.0))
 
-    def progress(self):
-        """Training progress t in epochs: points seen / N."""
-        return self.points_seen / self.num_train
+    def at_epoch(self, t):
+        """Set the target C to C(t) at training progress ``t`` (epochs, fractional within one)."""
+        self.target = float(self.capacity(t))
 
     def _loss(self, t, training):
-        target = self.capacity(self.progress())
-        if training:
-            self.points_seen += len(t.z)
-        return -t.log_px.sum() + len(t.z) * t.beta * (t.kl().mean() - target).abs()
-
-    def state_dict(self):
-        return {"points_seen": torch.tensor(self.points_seen)}
-
-    def load_state_dict(self, state):
-        self.points_seen = int(state["points_seen"])
+        return -t.log_px.sum() + len(t.z) * t.beta * (t.kl().mean() - self.target).abs()
 
 
 # -- DIP-VAE -------------------------------------------------------------------------------------
@@ -346,7 +340,7 @@ def capacity(context, capacity=None):
     if capacity is None:
         capacity = {"name": "linear", "start": 0.0, "beta": 25.0, "warmup_epochs": 10}
     schedule = scalar_schedule(capacity, "objective 'capacity': C(t)", context)
-    return CapacityVAE(_dataset_size(context), schedule)
+    return CapacityVAE(schedule)
 
 
 def beta_tcvae(context, alpha=1.0, gamma=1.0, estimator="mws"):
