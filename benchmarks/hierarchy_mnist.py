@@ -23,7 +23,8 @@ default: batch normalisation in the latent networks), ``randhead`` (the latent n
 heads randomly initialised instead of the library's default ``zero_init_head``; with
 ``plain``, the latent networks as before either option came), ``narrow`` (z1 of 50
 units, as wide as the one-layer model's z, instead of the paper's 100), ``unitvar``
-(``conditional_variance: unit``: p(z1|z2) = N(μ1(z2), I), only its mean learned), ``fb`` (free
+(``conditional_variance: unit``: p(z1|z2) = N(μ1(z2), I), only its mean learned), ``boundvar``
+(``conditional_variance: bounded``: the variance learned within (0.05, 1)), ``fb`` (free
 bits, λ = ``--fb`` nats per dimension, 0.1 by default, or per layer with ``--fb-per
 layer``; with ``--fb-decay T`` λ decays linearly to 0 over the first T epochs), ``warm``
 (per-layer KL warm-up, β from 0 to 1 over the first 20 % of the epochs for z1 and 40 % for
@@ -32,9 +33,9 @@ with residual normals, ``inference: residual``), ``skip`` (skip connections: the
 sees z1 and z2). ``an`` (any model) trains ``vae`` with the KL in closed form where it has
 one (``elbo-analytic``).
 Without ``plain`` the latent networks have the library's batch normalisation (``bn``), without
-``randhead`` its zero heads; without ``unitvar`` p(z1|z2) keeps a learned variance (the default
-before ``unit``), and without ``td``/``res`` the guide is bottom-up, so every variant runs as
-it did when its numbers were measured.
+``randhead`` its zero heads; without ``unitvar`` or ``boundvar`` p(z1|z2) keeps a learned
+variance (the default before ``unit``), and without ``td``/``res`` the guide is bottom-up, so
+every variant runs as it did when its numbers were measured.
 
 Schedules (``--schedule``): ``burda`` compresses the paper's (8 stages, stage i at learning
 rate 1e-3·10^(−i/7) for 3^i epochs, 3280 epochs in all) to ``--epochs``: every stage keeps
@@ -74,7 +75,8 @@ PAPER = {
     ("iwae", 2, 5): (83.89, "21+5"), ("iwae", 2, 50): (82.90, "26+7"),
 }
 CURVE = "curve.jsonl"
-OPTIONS = ("plain", "bn", "randhead", "narrow", "unitvar", "fb", "warm", "td", "res", "skip", "an")
+OPTIONS = ("plain", "bn", "randhead", "narrow", "unitvar", "boundvar", "fb", "warm", "td", "res", "skip",
+           "an")
 
 
 def compressed_milestones(epochs, stages=PAPER_STAGES):
@@ -136,7 +138,8 @@ def model_section(layers, options):
             latent["zero_init_head"] = False
         model.update(latent_dim=[50 if "narrow" in options else 100, 50], latent_network=latent,
                      skip_connections="skip" in options,
-                     conditional_variance="unit" if "unitvar" in options else "learned",
+                     conditional_variance="unit" if "unitvar" in options
+                     else "bounded" if "boundvar" in options else "learned",
                      inference="top-down" if "td" in options else "residual" if "res" in options
                      else "bottom-up")
     return model

@@ -5,7 +5,8 @@ One latent layer (``latent_dim=20``) has the site ``"z"``. A hierarchy
 
     model:  z_L ~ p(z_L),  z_l ~ N(μ_l(z_{l+1}), σ_l²(z_{l+1})) for l = L−1 … 1,  x ~ p(x | z_1)
 
-(σ_l = 1 with ``conditional_variance="unit"``), and a guide chosen by ``inference`` (default
+(σ_l = 1 with ``conditional_variance="unit"``; σ_l² confined to [0.05, 1] with ``"bounded"``),
+and a guide chosen by ``inference`` (default
 ``"residual"``):
 
 * ``"bottom-up"`` (Burda et al. 2015): q(z_1|x) q(z_2|z_1) … q(z_L|z_{L−1}); the layers below
@@ -57,7 +58,13 @@ LOGVAR_BOUND = 30.0
 """``|log σ²|`` of Gaussian latents is clamped to this bound, so exp() cannot overflow."""
 
 INFERENCE = ("bottom-up", "top-down", "residual")
-CONDITIONAL_VARIANCES = ("learned", "unit")
+CONDITIONAL_VARIANCES = ("learned", "unit", "bounded")
+BOUNDED_VARIANCE_MIN = 0.05
+"""The least σ_l² of p(z_l | z_{l+1}) with ``conditional_variance="bounded"`` (σ_l ≥ 0.22)."""
+BOUNDED_VARIANCE_OFFSET = 4.6
+"""Added to the network's variance output before the sigmoid, so that a zero head gives
+σ_l² = 0.05 + 0.95 · sigmoid(4.6) ≈ 0.99: the hierarchy starts within 1 % of its one-layer
+model's variance, on the flat end of the sigmoid, where σ_l² moves only when pushed steadily."""
 
 
 def latent_scale(beta):
@@ -90,6 +97,13 @@ def _no_closed_form_kl(q, p):
     raise NotImplementedError("the model's site depends on guide sites drawn after this one")
 
 
+def bounded_logvar(output):
+    """log σ² with σ² = m + (1 − m) · sigmoid(output + c) in (m, 1), m = :data:`BOUNDED_VARIANCE_MIN`,
+    c = :data:`BOUNDED_VARIANCE_OFFSET`."""
+    sigmoid = torch.sigmoid(output + BOUNDED_VARIANCE_OFFSET)
+    return torch.log(BOUNDED_VARIANCE_MIN + (1 - BOUNDED_VARIANCE_MIN) * sigmoid)
+
+
 def gaussian_params(output):
     """Split a network output ``(*batch, 2, d)`` into mean and bounded log-variance."""
     loc, logvar = output.unbind(-2)
@@ -118,7 +132,10 @@ class VAE(nn.Module):
             p(x | z_1, …, z_L) with input [z_1, …, z_L] concatenated, instead of z_1 alone.
         conditional_variance: hierarchies only; ``"unit"`` (the default): the latent network
             gives the mean alone and p(z_l | z_{l+1}) = N(μ_l(z_{l+1}), I); ``"learned"``: it
-            gives the mean and the variance.
+            gives the mean and the variance; ``"bounded"``: it gives the mean and a variance
+            confined to (0.05, 1) (:func:`bounded_logvar`), fine enough for p(z_l) to model
+            structure below the unit scale, bounded away from the collapse of the learned
+            variance.
         beta: β ≥ 0, or one per layer; settable between steps (``vae.beta = 4``).
         name: prefix of the parameters in Pyro's param store (``pyro.module``).
 
@@ -181,7 +198,7 @@ class VAE(nn.Module):
         # q(z_{l+1} | z_l) and p(z_l | z_{l+1}) for l = 1 … L−1
         self.upward = nn.ModuleList(build_network(latent_network, (dims[i],), (2, dims[i + 1]))
                                     for i in range(depth - 1))
-        outputs = 2 if conditional_variance == "learned" else 1  # (mean, log-variance) or the mean
+        outputs = 1 if conditional_variance == "unit" else 2  # the mean, or (mean, variance output)
         self.downward = nn.ModuleList(build_network(latent_network, (dims[i + 1],), (outputs, dims[i]))
                                       for i in range(depth - 1))
         if hasattr(self.prior, "attach"):
@@ -276,10 +293,14 @@ class VAE(nn.Module):
 
     def conditional_params(self, layer, z):
         """(mean, log-variance) of the model's p(z_l | z_{l+1} = z), l = ``layer`` + 1 (the index
-        into ``downward``); the log-variance is 0 with ``conditional_variance="unit"``."""
+        into ``downward``); the log-variance is 0 with ``conditional_variance="unit"`` and
+        :func:`bounded_logvar` of the second output with ``"bounded"``."""
         output = self._net(self.downward[layer], z)
         if self.conditional_variance == "learned":
             return gaussian_params(output)
+        if self.conditional_variance == "bounded":
+            loc, variance_output = output.unbind(-2)
+            return loc, bounded_logvar(variance_output)
         loc = output[..., 0, :]
         return loc, torch.zeros_like(loc)
 

@@ -44,7 +44,7 @@ def residual_normal(shift, log_scale2, loc_p, logvar_p):
     return loc_p + logvar_p.mul(0.5).exp() * shift, logvar_p + log_scale2
 
 
-@pytest.mark.parametrize("conditional_variance", ["learned", "unit"])
+@pytest.mark.parametrize("conditional_variance", ["learned", "unit", "bounded"])
 @pytest.mark.parametrize("inference, combine",
                          [("top-down", precision_weighted), ("residual", residual_normal)])
 def test_top_down_hierarchies_combine_the_pass_with_the_prior_at_the_top_mean(

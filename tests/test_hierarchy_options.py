@@ -231,6 +231,30 @@ def test_unit_conditional_variance_learns_the_mean_alone(inference):
         VAE(data_shape=6, latent_dim=[3, 2], conditional_variance="fixed")
 
 
+def test_bounded_conditional_variance_stays_between_its_bounds():
+    """conditional_variance="bounded": σ1² = 0.05 + 0.95·sigmoid(v + 4.6) of the network's second
+    output v, so 0.05 < σ1² < 1 whatever v; a zero head starts at 0.05 + 0.95·sigmoid(4.6)."""
+    torch.manual_seed(0)
+    vae = VAE(data_shape=6, latent_dim=[3, 2], conditional_variance="bounded",
+              latent_network={"name": "mlp", "hidden": [8], "activation": "tanh", "zero_init_head": True})
+    assert vae.downward[0].out_shape == (2, 3)
+    z2 = torch.randn(5, 2)
+    with torch.no_grad():
+        loc, logvar = vae.conditional_params(0, z2)
+        torch.testing.assert_close(loc, vae.downward[0](z2)[..., 0, :])
+        start = torch.tensor(0.05 + 0.95 / (1 + torch.exp(torch.tensor(-4.6)).item()))
+        torch.testing.assert_close(logvar, start.log().expand(5, 3))
+        head = vae.downward[0].net[-1]
+        for bias, variance in ((-1e3, 0.05), (1e3, 1.0)):
+            head.bias.fill_(bias)
+            torch.testing.assert_close(vae.conditional_params(0, z2)[1].exp(), torch.full((5, 3), variance))
+        head.bias.zero_()
+        head.weight.normal_(0, 10.0)
+        variance = vae.conditional_params(0, z2)[1].exp()
+    assert ((variance >= 0.05) & (variance <= 1.0)).all() and variance.std() > 0.05
+    assert torch.isfinite(log_likelihood(vae.model, vae.guide, X, num_samples=20).log_px).all()
+
+
 def test_batch_norm_normalises_in_training_and_uses_running_statistics_in_eval():
     vae = VAE(data_shape=6, latent_dim=[4, 2],
               latent_network={"name": "mlp", "hidden": [7], "batch_norm": True})
