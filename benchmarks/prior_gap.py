@@ -13,8 +13,8 @@ prior a user of the library can choose:
   ``mixture`` prior, its means started at the encoder's means of K random training images;
 * a hierarchy (``--hierarchies INFERENCE:VARIANCE``): the run's VAE grown into two layers,
   z1 the run's z and z2 of ``--top-dim`` units, with the library's latent networks (zero
-  heads: it starts as the run's model; ``--random-heads`` for random ones), the given guide
-  and ``conditional_variance``. Its
+  heads: it starts as the run's model; ``--random-heads`` for random ones; hidden widths
+  ``--latent-hidden``), the given guide and ``conditional_variance``. Its
   prior p(z1) = ∫ p(z1|z2) p(z2) dz2 is reached only through a bound, so it also pays its own
   inference gap for z2.
 
@@ -105,6 +105,8 @@ def candidates(run, args, generator):
         yield f"mixture of {components}", mixture_prior(run, components, generator), args.mixture_lr
     top = args.top_dim or run.vae.latent_dims[0]
     latent_network = {**run.config["model"]["latent_network"], "zero_init_head": not args.random_heads}
+    if args.latent_hidden:
+        latent_network["hidden"] = args.latent_hidden
     for spec in args.hierarchies:
         inference, _, variance = spec.partition(":")
         yield (f"two layers, {inference}, {variance or 'unit'} variance",
@@ -120,6 +122,8 @@ def main(argv=None):
     parser.add_argument("--hierarchies", nargs="*", default=["residual:unit", "residual:bounded"],
                         help="INFERENCE:VARIANCE of the two-layer models to grow")
     parser.add_argument("--top-dim", type=int, default=None, help="units of z2 (default: as many as z1)")
+    parser.add_argument("--latent-hidden", type=int, nargs="+", default=None,
+                        help="hidden widths of the hierarchies' latent networks (default: the library's)")
     parser.add_argument("--random-heads", action="store_true",
                         help="start the hierarchies' latent networks with random heads instead of zero ones")
     parser.add_argument("--epochs", type=int, default=10)
