@@ -38,9 +38,12 @@ import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
+from pyro_vae.errors import ConfigError
 from pyro_vae.marginal import log_likelihood
+from pyro_vae.model import CONDITIONAL_VARIANCES, INFERENCE
 from pyro_vae.networks import eval_mode
 from pyro_vae.runs import build_model, load_run
+from pyro_vae.validation import check_choice
 
 
 def grown(run, **model_options):
@@ -99,6 +102,16 @@ def paired(values, reference):
     return difference.mean().item(), (difference.std() / len(difference) ** 0.5).item()
 
 
+def hierarchy_spec(text):
+    """``"INFERENCE:VARIANCE"`` (the variance ``unit`` if left out) as a checked pair."""
+    inference, _, variance = text.partition(":")
+    try:
+        return (check_choice(inference, "the guide of --hierarchies", INFERENCE),
+                check_choice(variance or "unit", "the variance of --hierarchies", CONDITIONAL_VARIANCES))
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def candidates(run, args, generator):
     """(name, untrained model, learning rate) of every learned prior asked for."""
     for components in args.components:
@@ -107,11 +120,10 @@ def candidates(run, args, generator):
     latent_network = {**run.config["model"]["latent_network"], "zero_init_head": not args.random_heads}
     if args.latent_hidden:
         latent_network["hidden"] = args.latent_hidden
-    for spec in args.hierarchies:
-        inference, _, variance = spec.partition(":")
-        yield (f"two layers, {inference}, {variance or 'unit'} variance",
+    for inference, variance in args.hierarchies:
+        yield (f"two layers, {inference}, {variance} variance",
                grown(run, latent_dim=[run.vae.latent_dims[0], top], inference=inference,
-                     conditional_variance=variance or "unit", latent_network=latent_network), args.lr)
+                     conditional_variance=variance, latent_network=latent_network), args.lr)
 
 
 def main(argv=None):
@@ -119,7 +131,8 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("run", type=Path, help="run directory of a trained one-layer VAE")
     parser.add_argument("--components", type=int, nargs="*", default=[10, 100])
-    parser.add_argument("--hierarchies", nargs="*", default=["residual:unit", "residual:bounded"],
+    parser.add_argument("--hierarchies", nargs="*", type=hierarchy_spec,
+                        default=[("residual", "unit"), ("residual", "bounded")],
                         help="INFERENCE:VARIANCE of the two-layer models to grow")
     parser.add_argument("--top-dim", type=int, default=None, help="units of z2 (default: as many as z1)")
     parser.add_argument("--latent-hidden", type=int, nargs="+", default=None,

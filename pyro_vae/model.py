@@ -5,9 +5,8 @@ One latent layer (``latent_dim=20``) has the site ``"z"``. A hierarchy
 
     model:  z_L ~ p(z_L),  z_l ~ N(μ_l(z_{l+1}), σ_l²(z_{l+1})) for l = L−1 … 1,  x ~ p(x | z_1)
 
-(σ_l = 1 with ``conditional_variance="unit"``; σ_l² confined to [0.05, 1] with ``"bounded"``),
-and a guide chosen by ``inference`` (default
-``"residual"``):
+(σ_l = 1 with ``conditional_variance="unit"``; σ_l² learned within (0.05, 1) with
+``"bounded"``), and a guide chosen by ``inference`` (default ``"residual"``):
 
 * ``"bottom-up"`` (Burda et al. 2015): q(z_1|x) q(z_2|z_1) … q(z_L|z_{L−1}); the layers below
   the top carry no closed-form KL to the model's p(z_l|z_{l+1}) (which depends on z_{l+1},
