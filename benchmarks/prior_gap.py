@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from hierarchy_ais import paired  # this script's folder is on sys.path when run as a script
 from pyro.infer import TraceMeanField_ELBO
 
 from pyro_vae.errors import ConfigError
@@ -94,12 +95,6 @@ def score(vae, x, num_samples, seed):
     with eval_mode(vae):
         result = log_likelihood(vae.model, vae.guide, x, num_samples=num_samples, batch_size=50)
     return result.log_px, result.elbo
-
-
-def paired(values, reference):
-    """Mean and standard error of the per-image differences ``values − reference``."""
-    difference = values - reference
-    return difference.mean().item(), (difference.std() / len(difference) ** 0.5).item()
 
 
 def hierarchy_spec(text):
@@ -167,7 +162,7 @@ def main(argv=None):
         seconds = fit(run, vae, args.epochs, args.batch_size, lr, generator)
         scores = score(vae, x, args.num_samples, args.seed)
         cells = [f"{value.mean():.2f} | {mean:+.2f} ± {stderr:.2f}"
-                 for value, (mean, stderr) in ((s, paired(s, r)) for s, r in zip(scores, reference))]
+                 for value, (mean, stderr) in ((s, paired(s - r)) for s, r in zip(scores, reference))]
         print(f"| {name} | {seconds:.0f} | " + " | ".join(cells) + " |", flush=True)
 
 
