@@ -102,6 +102,20 @@ def test_mixture_against_manual_logsumexp():
     np.testing.assert_allclose(log_prob(vae, z), expected, rtol=1e-5)
 
 
+def test_mixture_starts_close_to_the_standard_normal_in_high_dimensions():
+    """KL(N(0, I) ‖ p) of a freshly built 50-dimensional mixture of 50 components, by Monte
+    Carlo: about 0.3 nats with the centred start, 10.9 with means drawn from N(0, I) at unit
+    scales (which trained a VAE 12 nats worse on MNIST); its covariance is about I."""
+    torch.manual_seed(0)
+    prior = build_prior({"name": "mixture", "num_components": 50}, 50)()
+    z = torch.randn(20000, 50)
+    with torch.no_grad():
+        kl = (dist.Normal(0.0, 1.0).log_prob(z).sum(-1) - prior.log_prob(z)).mean().item()
+        covariance = torch.cov(prior.sample((20000,)).T)
+    assert 0.0 < kl < 0.5
+    torch.testing.assert_close(covariance, torch.eye(50), atol=0.1, rtol=0.0)
+
+
 def test_vamp_is_equal_mixture_of_encoder_posteriors_at_pseudo_inputs():
     vae = make_vae(SPECS["vamp"])
     loc, logvar = (t.detach().numpy() for t in vae.encode(vae.prior.pseudo_inputs))
