@@ -31,11 +31,10 @@ layer``; with ``--fb-decay T`` λ decays linearly to 0 over the first T epochs),
 z2), ``td`` (the top-down / ladder guide), ``res`` (the top-down guide
 with residual normals, ``inference: residual``), ``skip`` (skip connections: the decoder
 sees z1 and z2). ``an`` (any model) trains ``vae`` with the KL in closed form where it has
-one (``elbo-analytic``). ``latemix`` (any model): after epoch E of ``--late-mixture E K``
-the top layer's N(0, I) prior becomes a mixture of K Gaussians with means at the encoder's
-means of K random training images (unit scales, equal weights), trained with the rest of the
-model for the remaining epochs at the rate then in force (such a run cannot be resumed past
-epoch E).
+one (``elbo-analytic``). ``latemix`` (any model): ``--late-mixture E K`` makes the top
+layer's prior ``{name: mixture, num_components: K, start_epoch: E}``: N(0, I) for E epochs,
+then a mixture of K Gaussians started at the encoder's means of K random training images,
+trained with the rest of the model.
 Without ``plain`` the latent networks have the library's batch normalisation (``bn``), without
 ``randhead`` its zero heads; without ``unitvar`` or ``boundvar`` p(z1|z2) keeps a learned
 variance (the default before ``unit``), and without ``td``/``res`` the guide is bottom-up, so
@@ -63,7 +62,6 @@ from pyro_vae import config as configuration
 from pyro_vae.diagnostics import latent_summary
 from pyro_vae.marginal import log_likelihood
 from pyro_vae.networks import eval_mode
-from pyro_vae.priors import Mixture
 from pyro_vae.rundir import RunDir
 from pyro_vae.runs import Run
 from pyro_vae.trainer import Trainer
@@ -132,7 +130,7 @@ def parse_variant(name):
     return objective, layers, k, options
 
 
-def model_section(layers, options):
+def model_section(layers, options, late_mixture=(10, 100)):
     tanh_mlp = {"name": "mlp", "hidden": [200, 200], "activation": "tanh"}
     model = {"encoder": tanh_mlp, "decoder": tanh_mlp, "latent_dim": 50}
     if layers == 2:
@@ -147,6 +145,9 @@ def model_section(layers, options):
                      else "bounded" if "boundvar" in options else "learned",
                      inference="top-down" if "td" in options else "residual" if "res" in options
                      else "bottom-up")
+    if "latemix" in options:
+        epoch, components = late_mixture
+        model["prior"] = {"name": "mixture", "num_components": components, "start_epoch": epoch}
     return model
 
 
@@ -156,7 +157,7 @@ def make_config(name, args):
         "seed": args.seed,
         "data": {"name": "mnist", "root": os.path.abspath(args.data_root), "binarize": "dynamic",
                  "val_size": 0},
-        "model": model_section(layers, options),
+        "model": model_section(layers, options, args.late_mixture),
         "objective": {"name": "elbo-analytic" if "an" in options else objective, "num_particles": k},
         "optim": {"lr": BASE_LR, "eps": 1e-4, "lr_decay": 1.0, "lr_milestones": None},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "validate_every": args.epochs},
@@ -207,49 +208,14 @@ def curve_hook(out_dir, args):
     return hook
 
 
-def start_at_encoder_means(mixture, vae, run, generator):
-    """Start a ``mixture`` prior at the data: its means at the encoder's means (top layer,
-    along the path of means) of as many random training images, unit scales, equal weights."""
-    train = run.splits.train
-    index = torch.randperm(len(train), generator=generator, device=train.device)[: len(mixture.locs)]
-    with torch.no_grad(), eval_mode(vae):
-        mixture.locs.copy_(vae.encode_layers(run.splits.fixed_transform(train[index], 0))[-1][0])
-        mixture.log_scales.zero_()
-        mixture.logits.zero_()
-
-
-def late_mixture_hook(trainer, epoch, components, seed):
-    """An ``on_epoch`` hook of option ``latemix``: after ``epoch``, p(z) of the top layer becomes
-    a mixture of ``components`` Gaussians started at the data (:func:`start_at_encoder_means`),
-    whose parameters join the optimiser at the current learning rate."""
-
-    def hook(record, run):
-        if record["epoch"] != epoch:
-            return
-        vae = run.vae
-        mixture = Mixture(vae.latent_dims[-1], components).to(run.device)
-        start_at_encoder_means(mixture, vae, run, torch.Generator(device=run.device).manual_seed(seed))
-        vae.prior = mixture
-        trainer.optimizer.add_param_group({"params": list(mixture.parameters()),
-                                           "lr": trainer.optimizer.param_groups[0]["lr"]})
-
-    return hook
-
-
 def train_and_evaluate(name, args):
     config, (objective, layers, k, options) = make_config(name, args)
     out_dir = args.out / name
     rundir = RunDir(out_dir)
     resume = rundir.holds_run()
-    if "latemix" in options and resume and len(rundir.read_metrics()) >= args.late_mixture[0]:
-        raise SystemExit(f"{out_dir} was trained past epoch {args.late_mixture[0]}, where option "
-                         "'latemix' changed its prior: it cannot be resumed; remove it to start again.")
     run = Run.build(config)
-    trainer = Trainer(run, rundir, progress=False, on_epoch=[curve_hook(out_dir, args)])
-    if "latemix" in options:
-        trainer.on_epoch += (late_mixture_hook(trainer, *args.late_mixture, seed=args.seed + 1),)
     start = time.perf_counter()
-    trainer.fit(resume)
+    Trainer(run, rundir, progress=False, on_epoch=[curve_hook(out_dir, args)]).fit(resume)
     train_wall = time.perf_counter() - start
     vae, x = run.vae.eval(), run.test[: args.test_points]
     pyro.set_rng_seed(args.seed)

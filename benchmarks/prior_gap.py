@@ -37,7 +37,6 @@ from pathlib import Path
 import pyro
 import torch
 from hierarchy_ais import paired  # this script's folder is on sys.path when run as a script
-from hierarchy_mnist import start_at_encoder_means
 from pyro.infer import TraceMeanField_ELBO
 
 from pyro_vae.errors import ConfigError
@@ -64,7 +63,9 @@ def mixture_prior(run, components, generator):
     """The run's model with a mixture of ``components`` Gaussians as p(z), its means at the
     encoder's means of as many random training images, its scales 1, its weights equal."""
     vae = grown(run, prior={"name": "mixture", "num_components": components})
-    start_at_encoder_means(vae.prior, vae, run, generator)
+    train = run.splits.train
+    index = torch.randperm(len(train), generator=generator, device=train.device)[:components]
+    vae.prior.start_at(vae.encode(run.splits.fixed_transform(train[index], 0))[0])
     return vae
 
 

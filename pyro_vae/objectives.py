@@ -169,9 +169,11 @@ def check_compatible(spec, vae):
     if name != "elbo-analytic":
         return
     if hasattr(vae, "prior") and not analytic_kl_available(vae.prior):
+        start = getattr(vae.prior, "start_epoch", 0)
+        when = f" once it starts after epoch {start} (N(0, I) until then, in closed form)" if start else ""
         warnings.warn(
             f"elbo-analytic: the prior {type(vae.prior).__name__} has no closed-form KL to the "
-            "Gaussian guide, so the KL of the top layer falls back to a Monte Carlo estimate "
-            "(log q(z|x) − log p(z) at the sampled z), as with the objective 'elbo'.",
+            f"Gaussian guide{when}, so the KL of the top layer falls back to a Monte Carlo "
+            "estimate (log q(z|x) − log p(z) at the sampled z), as with the objective 'elbo'.",
             stacklevel=2,
         )

@@ -11,7 +11,8 @@ Registered priors (options in brackets):
 * ``diagonal-normal``: N(μ, diag σ²) with learned μ, log σ;
 * ``laplace`` [loc, scale]: Π_i Laplace(z_i; loc, scale), fixed;
 * ``student-t`` [df, loc, scale]: Π_i t_df(z_i; loc, scale), fixed;
-* ``mixture`` [num_components]: Σ_k π_k N(z; μ_k, diag σ_k²), all learned;
+* ``mixture`` [num_components, start_epoch]: Σ_k π_k N(z; μ_k, diag σ_k²), all learned;
+  N(0, I) until ``start_epoch`` if given, then started at the encoder's means of training points;
 * ``vamp`` [num_pseudo]: VampPrior (Tomczak & Welling 2018),
   p(z) = (1/K) Σ_k q(z | u_k) with learned pseudo-inputs u_k and the VAE's own encoder;
 * ``flow`` [num_flows, transform]: p(z) = N(f(z); 0, I) ``|det ∂f/∂z|`` with f a stack of
@@ -113,26 +114,62 @@ class DiagonalNormal(nn.Module):
 class Mixture(nn.Module):
     """p(z) = Σ_k softmax(w)_k N(z; μ_k, diag σ_k²), every w, μ_k, log σ_k learned.
 
-    The mixture starts close to N(0, I): μ_k ~ N(0, s² I) (distinct, so the components can
-    separate) and σ_k² = 1 − s², so that its covariance is about I, with s =
-    ``INIT_SPREAD``; the weights start equal. (Means drawn from N(0, I) with unit scales,
-    the former start, put p(z) 10.9 nats of KL(N(0, I) ‖ p) away from N(0, I) in 50
-    dimensions, against 0.3 now; a one-layer VAE on MNIST trained with it from the start
-    ended 12 nats lower, ``docs/results-hierarchy.md``.)
+    With ``start_epoch`` 0 (the default) the mixture starts close to N(0, I): μ_k ~ N(0, s² I)
+    (distinct, so the components can separate) and σ_k² = 1 − s², so that its covariance is
+    about I, with s = ``INIT_SPREAD``; the weights start equal. (Means drawn from N(0, I)
+    with unit scales, the former start, put p(z) 10.9 nats of KL(N(0, I) ‖ p) away from
+    N(0, I) in 50 dimensions, against 0.3 now; a one-layer VAE on MNIST trained with it from
+    the start ended 12 nats lower, ``docs/results-hierarchy.md``.)
+
+    With ``start_epoch`` E > 0 the prior is N(0, I) (with its closed-form KL) for the first E
+    epochs; after epoch E the trainer calls :meth:`start_at` with the encoder's means of
+    ``num_components`` random training points, and from then on p(z) is the mixture, trained
+    with the rest of the model. Whether it has started is saved with the parameters
+    (``get_extra_state``), so checkpoints, resume and evaluation see the same prior.
     """
 
     analytic_kl = False
     INIT_SPREAD = 0.3
 
-    def __init__(self, latent_dim, num_components=10):
+    def __init__(self, latent_dim, num_components=10, start_epoch=0):
         super().__init__()
         k = check_int(num_components, "num_components")
-        spread = self.INIT_SPREAD
+        self.start_epoch = check_int(start_epoch, "start_epoch", minimum=0)
+        self.started = self.start_epoch == 0
+        # a mixture that starts at the data draws nothing now (its start is overwritten), so
+        # the run is the one with N(0, I) until then, random numbers included
+        spread = self.INIT_SPREAD if self.started else 0.0
+        locs = torch.randn(k, latent_dim) if self.started else torch.zeros(k, latent_dim)
         self.logits = nn.Parameter(torch.zeros(k))
-        self.locs = nn.Parameter(spread * torch.randn(k, latent_dim))
+        self.locs = nn.Parameter(spread * locs)
         self.log_scales = nn.Parameter(torch.full((k, latent_dim), 0.5 * math.log1p(-spread**2)))
 
+    @property
+    def num_components(self):
+        return self.logits.shape[0]
+
+    @torch.no_grad()
+    def start_at(self, locs):
+        """Become the mixture with means ``locs`` (K, latent_dim), unit scales, equal weights."""
+        self.locs.copy_(locs)
+        self.log_scales.zero_()
+        self.logits.zero_()
+        self.started = True
+
+    def get_extra_state(self):
+        return torch.tensor(self.started)  # a tensor, as checkpoints hold only tensors
+
+    def set_extra_state(self, state):
+        self.started = bool(state)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state dicts saved before ``start_epoch`` existed hold a mixture trained from the start
+        state_dict.setdefault(prefix + "_extra_state", torch.tensor(True))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self):
+        if not self.started:
+            return _UnitNormal(self.locs.shape[-1:], self.locs.device, self.locs.dtype).to_event(1)
         components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
 

@@ -179,6 +179,15 @@ def step_settings(vae, objective, mixed_precision):
     return settings
 
 
+def check_prior_start(prior, num_train):
+    """A prior that starts at the data needs a distinct training point per component."""
+    if getattr(prior, "start_epoch", 0) and prior.num_components > num_train:
+        raise ConfigError(
+            f"The mixture prior starts at the encoder's means of {prior.num_components} training "
+            f"points (start_epoch {prior.start_epoch}), but the training split has {num_train}; "
+            "use fewer components or more data.")
+
+
 def make_lr_scheduler(optimizer, optim):
     """The per-epoch learning-rate schedule of the ``optim`` config section: the rate is
     multiplied by ``lr_decay`` after every epoch, or after each epoch listed in
@@ -213,6 +222,7 @@ class Trainer:
         self.objective = OBJECTIVES.build(config["objective"], run.context)
         self.objective_at_epoch = getattr(self.objective, "at_epoch", None)  # a loss that follows progress
         check_compatible(config["objective"], run.vae)
+        check_prior_start(run.vae.prior, len(run.splits.train))
         self.schedule = BETA_SCHEDULES.build(config["beta_schedule"], run.context)
         check_beta_schedule(config["objective"], self.schedule, config["train"]["epochs"])
         self.step_settings = step_settings(run.vae, self.objective, config["train"]["mixed_precision"])
@@ -332,6 +342,21 @@ class Trainer:
         finally:
             self.ddp = None  # release DDP's reducer while the process group is still alive
 
+    def _start_prior_at_the_data(self):
+        """After its ``start_epoch``, a prior that starts at the data (the ``mixture`` prior)
+        takes the encoder's means of as many random training points as it has components; the
+        draw depends only on the seed and the epoch, so every rank (and a resumed run) makes
+        the same one. Before the checkpoint of the epoch, so resume sees the started prior."""
+        run = self.run
+        prior = run.vae.prior
+        if getattr(prior, "start_epoch", 0) != self.epoch or prior.started:
+            return
+        train = run.splits.train
+        generator = torch.Generator().manual_seed(run.config["seed"] * 1_000_003 + self.epoch)
+        index = torch.randperm(len(train), generator=generator)[: prior.num_components]
+        x = run.splits.fixed_transform(train[index.to(train.device)], self.epoch)
+        prior.start_at(run.vae.encode(x)[0])
+
     def _epoch(self, num_batches, batch_size, bar):
         run, vae, config = self.run, self.run.vae, self.run.config
         start = time.perf_counter()
@@ -367,6 +392,7 @@ class Trainer:
                 next_postfix = time.monotonic() + POSTFIX_SECONDS
         self.scheduler.step()
         self.epoch += 1
+        self._start_prior_at_the_data()
         record = {
             "epoch": self.epoch,
             "train_loss": self.ctx.sum(total).item() / len(run.splits.train),

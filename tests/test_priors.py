@@ -116,6 +116,59 @@ def test_mixture_starts_close_to_the_standard_normal_in_high_dimensions():
     torch.testing.assert_close(covariance, torch.eye(50), atol=0.1, rtol=0.0)
 
 
+def test_mixture_with_a_start_epoch_is_the_standard_normal_until_it_starts():
+    vae = make_vae({"name": "mixture", "num_components": 3, "start_epoch": 2})
+    randomise(vae.prior)
+    z = np.random.default_rng(4).normal(size=(6, D))
+    np.testing.assert_allclose(log_prob(vae, z), stats.norm().logpdf(z).sum(-1), rtol=1e-5)
+    q = dist.Normal(torch.zeros(D), torch.ones(D)).to_event(1)
+    assert torch.distributions.kl_divergence(q, vae.prior()).item() == 0.0  # closed form, as N(0, I)
+    locs = np.random.default_rng(5).normal(size=(3, D))
+    vae.prior.start_at(torch.as_tensor(locs, dtype=torch.float32))
+    expected = mixture_log_density(z, np.full(3, -math.log(3)), locs, np.ones((3, D)))
+    np.testing.assert_allclose(log_prob(vae, z), expected, rtol=1e-5)
+
+
+def test_whether_the_mixture_has_started_is_saved_with_it():
+    started = make_vae({"name": "mixture", "num_components": 3, "start_epoch": 2})
+    started.prior.start_at(torch.ones(3, D))
+    waiting = make_vae({"name": "mixture", "num_components": 3, "start_epoch": 2})
+    waiting.load_state_dict(started.state_dict())
+    assert waiting.prior.started
+    state = make_vae(SPECS["mixture"]).state_dict()  # as saved before start_epoch existed
+    del state["prior._extra_state"]
+    waiting = make_vae({"name": "mixture", "num_components": 3, "start_epoch": 2})
+    waiting.load_state_dict(state)
+    assert waiting.prior.started
+
+
+def test_a_mixture_started_at_the_data_trains_and_resumes_exactly(tmp_path):
+    """Started after epoch 1 at the encoder's means of 5 training points; a run cut after
+    the start and resumed ends where the uninterrupted run does."""
+    from pyro_vae import train
+
+    prior = {"name": "mixture", "num_components": 5, "start_epoch": 1}
+    config = {"model": {"latent_dim": 2, "prior": prior}, "objective": "elbo-analytic",
+              "train": {"epochs": 3}, "data": {"name": "digits"}}
+    cut = train({**config, "train": {"epochs": 1}}, tmp_path / "cut", progress=False)
+    assert cut.vae.prior.started and torch.equal(cut.vae.prior.logits, torch.zeros(5))
+    assert len(set(map(tuple, cut.vae.prior.locs.tolist()))) == 5  # five distinct points
+    full = train(config, tmp_path / "full", progress=False)
+    resumed = train(config, tmp_path / "cut", resume=True, progress=False)
+    a, b = full.vae.state_dict(), resumed.vae.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_mixture_that_starts_at_the_data_needs_a_point_per_component(tmp_path):
+    from pyro_vae import train
+
+    prior = {"name": "mixture", "num_components": 100_000, "start_epoch": 1}
+    with pytest.raises(ConfigError, match="100000 training points"):
+        train({"model": {"prior": prior}, "train": {"epochs": 1}}, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="start_epoch"):
+        make_vae({"name": "mixture", "start_epoch": -1})
+
+
 def test_vamp_is_equal_mixture_of_encoder_posteriors_at_pseudo_inputs():
     vae = make_vae(SPECS["vamp"])
     loc, logvar = (t.detach().numpy() for t in vae.encode(vae.prior.pseudo_inputs))
