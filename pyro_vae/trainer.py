@@ -222,7 +222,7 @@ class Trainer:
         self.objective = OBJECTIVES.build(config["objective"], run.context)
         self.objective_at_epoch = getattr(self.objective, "at_epoch", None)  # a loss that follows progress
         check_compatible(config["objective"], run.vae)
-        check_prior_start(run.vae.prior, len(run.splits.train))
+        check_prior_start(getattr(run.vae, "prior", None), len(run.splits.train))
         self.schedule = BETA_SCHEDULES.build(config["beta_schedule"], run.context)
         check_beta_schedule(config["objective"], self.schedule, config["train"]["epochs"])
         self.step_settings = step_settings(run.vae, self.objective, config["train"]["mixed_precision"])
@@ -348,7 +348,7 @@ class Trainer:
         draw depends only on the seed and the epoch, so every rank (and a resumed run) makes
         the same one. Before the checkpoint of the epoch, so resume sees the started prior."""
         run = self.run
-        prior = run.vae.prior
+        prior = getattr(run.vae, "prior", None)  # a user's model need not have one
         if getattr(prior, "start_epoch", 0) != self.epoch or prior.started:
             return
         train = run.splits.train
