@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import kl_divergence
 
-from .distributions import _UnitNormal
+from .distributions import DiagonalNormalMixture, _UnitNormal
 from .errors import ConfigError, PyroVAEError
 from .registry import Registry
 from .validation import check_int, check_number
@@ -170,8 +170,7 @@ class Mixture(nn.Module):
     def forward(self):
         if not self.started:
             return _UnitNormal(self.locs.shape[-1:], self.locs.device, self.locs.dtype).to_event(1)
-        components = dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return DiagonalNormalMixture(self.logits, self.locs, 2 * self.log_scales)
 
 
 @PRIORS.register("vamp")
@@ -209,9 +208,7 @@ class VampPrior(nn.Module):
         if self._encode is None:
             raise PyroVAEError("The VampPrior needs an encoder: pass it to pyro_vae.VAE(prior=...).")
         loc, logvar = self._encode(self.pseudo_inputs)
-        components = dist.Normal(loc, torch.exp(0.5 * logvar)).to_event(1)
-        weights = dist.Categorical(logits=loc.new_zeros(self.num_pseudo))
-        return dist.MixtureSameFamily(weights, components)
+        return DiagonalNormalMixture(loc.new_zeros(self.num_pseudo), loc, logvar)
 
 
 FLOW_TRANSFORMS = {"affine-autoregressive": T.affine_autoregressive, "spline-coupling": T.spline_coupling}
