@@ -33,6 +33,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution, constraints
+from torch.autograd.function import once_differentiable
 from torch.distributions import register_kl
 
 __all__ = ["DiagonalNormalMixture", "IndependentBernoulli", "LogVarNormal", "diagonal_normal"]
@@ -152,6 +153,7 @@ class _MixtureLogDensity(torch.autograd.Function):
         return log_p
 
     @staticmethod
+    @once_differentiable  # the responsibilities are saved as constants: no second derivatives
     def backward(ctx, grad):
         z, loc, precision, responsibility = ctx.saved_tensors
         weight = responsibility * grad.unsqueeze(-1)  # (M, K)

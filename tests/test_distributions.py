@@ -205,3 +205,14 @@ def test_the_mixture_log_density_keeps_float32_accuracy_far_out_and_at_narrow_co
         torch.distributions.Categorical(logits=logits.double()),
         torch.distributions.Independent(components, 1)).log_prob(z.double())
     assert torch.allclose(ours, exact, rtol=1e-6, atol=1e-4)
+
+
+def test_the_mixture_log_density_refuses_second_derivatives():
+    """Its backward pass treats the responsibilities as constants, so a second derivative
+    would be wrong: it raises instead of returning one."""
+    z = _rand(5, 3, seed=9).double().requires_grad_()
+    logits, loc, logvar = _mixture_params()
+    (grad,) = torch.autograd.grad(DiagonalNormalMixture(logits, loc, logvar).log_prob(z).sum(), z,
+                                  create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
+        grad.sum().backward()
