@@ -1,13 +1,13 @@
 """Time of the ``mixture`` prior's log-density and its gradient against torch's MixtureSameFamily.
 
 The library's ``mixture`` (and ``vamp``) prior is a :class:`~pyro_vae.distributions.DiagonalNormalMixture`:
-its log-density takes each component's normaliser and precision once per call and its
-backward pass is a few matrix products. The reference is the textbook construction,
-``MixtureSameFamily(Categorical(logits), Normal(loc, scale).to_event(1))``, from the same
-parameters. One timed call is what a training step asks of the prior: build the
-distribution from the parameters, ``log_prob`` of the sampled z (points, or particles ×
-points for IWAE) and the backward pass to the parameters and z. The two must agree
-(checked first). Ratios are reference / library (above 1: the library is faster)::
+its log-density and the backward pass are a few matrix products (the forward in float64),
+with each component's normaliser and precision computed once per call. The reference is
+the textbook construction, ``MixtureSameFamily(Categorical(logits), Normal(loc,
+scale).to_event(1))``, from the same parameters. One timed call is what a training step
+asks of the prior: build the distribution from the parameters, ``log_prob`` of the sampled
+z (points, or particles × points for IWAE) and the backward pass to the parameters and z.
+The two must agree (checked first). Ratios are reference / library (above 1: the library is faster)::
 
     python benchmarks/mixture_prior.py --components 100 --latent-dim 50 --shapes 100 5x100
 """

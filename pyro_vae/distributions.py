@@ -93,8 +93,8 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
     Sampling and moments are Pyro's ``MixtureSameFamily``. ``log_prob`` computes the
     components' normalisers and precisions once, from the parameters as given (not the
     copies a plate's ``expand`` makes per point); with one set of components for every
-    point (2-D ``loc``, as in the priors) it is :class:`_MixtureLogDensity`, otherwise the
-    broadcast formula under autograd.
+    point (2-D ``loc``, as in the priors) and the parameters' dtype it is
+    :class:`_MixtureLogDensity`, otherwise the broadcast formula under autograd.
     """
 
     def __init__(self, logits, loc, logvar, validate_args=None):
@@ -115,17 +115,13 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         if self._validate_args:
             self._validate_sample(value)
         log_weight, loc, precision = self._terms
-        if loc.dim() == 2:  # one set of components for every point: the priors' case
+        if loc.dim() == 2 and value.dtype == loc.dtype:  # one set of components for all: the priors
             flat = value.reshape(-1, value.shape[-1])
             log_p = _MixtureLogDensity.apply(flat, log_weight, loc, precision).reshape(value.shape[:-1])
-        else:
-            log_p = torch.logsumexp(log_weight - 0.5 * _scaled_squares(value, loc, precision), -1)
+        else:  # batched components, or dtypes to promote: the broadcast formula
+            squared = ((value.unsqueeze(-2) - loc).square() * precision).sum(-1)
+            log_p = torch.logsumexp(log_weight - 0.5 * squared, -1)
         return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
-
-
-def _scaled_squares(z, loc, precision):
-    """Σ_d p_kd (z_d − μ_kd)² for every point and component: shape (…, K)."""
-    return ((z.unsqueeze(-2) - loc).square() * precision).sum(-1)
 
 
 class _MixtureLogDensity(torch.autograd.Function):

@@ -163,6 +163,14 @@ def test_the_diagonal_normal_mixture_is_torchs_mixture_same_family(batch, value_
         assert torch.allclose(mine.grad, reference.grad, rtol=1e-10, atol=1e-12)
 
 
+def test_the_diagonal_normal_mixture_promotes_a_float64_point_against_float32_components():
+    logits, loc, logvar = (p.detach().float() for p in _mixture_params())
+    z = _rand(6, 3, seed=10).double()
+    ours = DiagonalNormalMixture(logits, loc, logvar).log_prob(z)
+    exact = DiagonalNormalMixture(logits.double(), loc.double(), logvar.double()).log_prob(z)
+    assert ours.dtype == torch.float64 and torch.allclose(ours, exact, rtol=1e-6)
+
+
 def test_the_mixture_log_density_backward_passes_gradcheck():
     z = (2 * _rand(7, 3, seed=6)).double().requires_grad_()
     logits, loc, logvar = _mixture_params()
